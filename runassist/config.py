@@ -1,0 +1,232 @@
+"""The run configuration: pydantic models, validated once at the edge.
+
+``load(path, overrides)`` is the only place that reads YAML or ``section.key=value``
+overrides. Everything below the CLI receives a frozen, validated section.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from runassist.errors import ConfigError
+
+TASK_NAMES = ("ner", "classify")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(_Section):
+    name: Literal["ner", "classify"] = "ner"
+    multi_label: bool = False  # classify only: each text may carry several labels (sigmoid + BCE)
+    scoring: Literal["conlleval", "strict"] = "conlleval"  # ner only: how entity spans are read for scoring
+
+
+class ModelConfig(_Section):
+    source: str = "minilm"  # packaged asset name, a local model folder, or a hub name
+    max_length: int = Field(128, ge=8, le=8192)  # sub-tokens per window, special tokens included
+    stride: int = Field(32, ge=0)  # NER: sub-tokens of overlap between windows of long sentences
+    long_text: Literal["truncate", "windows"] = "truncate"  # classify: cut the tail, or average windows
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> "ModelConfig":
+        if self.stride >= self.max_length - 2:
+            raise ValueError(f"model.stride ({self.stride}) must be smaller than model.max_length - 2")
+        return self
+
+
+class DataConfig(_Section):
+    train: str | None = None  # path or asset alias, e.g. wnut16:train
+    dev: str | None = None
+    test: str | None = None
+    format: Literal["auto", "conll", "jsonl", "csv", "tsv"] = "auto"
+    scheme: Literal["auto", "iob1", "iob2", "bioes"] = "auto"  # NER tag scheme of the files
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_separator: str | None = None  # multi-label in CSV: labels joined by this string
+
+
+class LoraConfig(_Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["query", "value"]
+    merge: bool = True  # save merged weights (plain model) or the adapter only
+
+
+class EarlyStoppingConfig(_Section):
+    metric: str | None = None  # None: the task's headline metric (f1 for ner, accuracy for classify)
+    mode: Literal["max", "min"] = "max"
+    patience: int = Field(3, ge=1)  # evaluations without improvement before stopping
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+_FREEZE = re.compile(r"^(none|embeddings|head_only|bottom:\d+)$")
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(5, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    grad_accum: int = Field(1, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    seed: int = 42
+    eval_every: Literal["epoch"] | int = "epoch"
+    log_every: int = Field(20, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)
+    class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
+    freeze: str = "none"
+    lora: LoraConfig | None = None
+    early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
+    group_by_length: bool = True
+    compile: bool = False
+    threads: int | None = Field(None, ge=1)  # None: one per free core
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_form(cls, value: str) -> str:
+        if not _FREEZE.match(value):
+            raise ValueError(f"'{value}' is not allowed; choose one of: none, embeddings, head_only, bottom:N")
+        return value
+
+    @field_validator("eval_every")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 'epoch' or a positive step count")
+        return value
+
+
+class OutputConfig(_Section):
+    dir: str = "runs"
+    name: str | None = None  # None: a timestamp plus the task name
+
+
+class Config(_Section):
+    task: TaskConfig = TaskConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    output: OutputConfig = OutputConfig()
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_shorthand(cls, value: Any) -> Any:
+        # `task: ner` is the common case; `task: {name: classify, multi_label: true}` the full form.
+        return {"name": value} if isinstance(value, str) else value
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "task": TaskConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "output": OutputConfig,
+}
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or start from defaults), apply overrides, validate once."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}")
+    for item in overrides:
+        apply_override(raw, item)
+    return validate(raw)
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``section.key=value`` override in place; the value is parsed as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{item}': expected section.key=value, e.g. train.lr=3e-5")
+    parts = key.strip().split(".")
+    if parts[0] not in SECTIONS:
+        raise ConfigError(f"override '{item}': unknown section '{parts[0]}'; valid sections: {', '.join(SECTIONS)}")
+    value = yaml.safe_load(text) if text.strip() else None
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if isinstance(child, str) and part == "task":
+            child = {"name": child}
+        if not isinstance(child, dict):
+            child = {}
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _explain(exc: ValidationError) -> str:
+    """One line per problem, naming the key and the allowed keys or values."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal[", "int", "str", "dict["))]
+        # pydantic puts union member names in the location; keep the user's own key path.
+        key = ".".join(p for p in loc if not p.startswith(("Literal", "constrained")))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            valid = ", ".join(parent.model_fields) if parent else ""
+            lines.append(f"{key}: unknown key '{loc[-1]}'; valid keys of {'.'.join(loc[:-1]) or 'the config'}: {valid}")
+        elif kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            lines.append(f"{key}: {err['input']!r} is not allowed; choose one of: {expected.replace(' or ', ', ')}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {msg} (got {err.get('input')!r})")
+    # A union (e.g. eval_every: 'epoch' | int) reports one error per member; say each key once.
+    seen: dict[str, str] = {}
+    for line in lines:
+        seen.setdefault(line.split(":", 1)[0], line)
+    return "; ".join(seen.values())
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = getattr(ann, "__args__", (ann,))
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model

@@ -1,0 +1,1 @@
+"""Data readers: files (or packaged asset names) in, frozen example records out."""

@@ -1,0 +1,39 @@
+"""The example records every reader produces and every task consumes.
+
+Frozen, so an example read once can be shared by the trainer, the checks and the
+predictor without anyone mutating it behind the others' backs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TokenExample:
+    """One sentence for token classification, tags in IOB2 (converted on read).
+
+    ``tags`` is None for unlabelled input (prediction). ``text`` and ``offsets``
+    are set when the example came from raw text, so predictions can be given as
+    character spans of the user's own string.
+    """
+
+    tokens: tuple[str, ...]
+    tags: tuple[str, ...] | None = None
+    text: str | None = None
+    offsets: tuple[tuple[int, int], ...] | None = None
+    source: str = ""  # "path:line" of the example's first line, for error messages
+
+
+@dataclass(frozen=True)
+class TextExample:
+    """One text (or text pair) for sequence classification.
+
+    ``labels`` holds one label for single-label data, any number for multi-label,
+    and is empty for unlabelled input.
+    """
+
+    text: str
+    labels: tuple[str, ...] = ()
+    text_pair: str | None = None
+    source: str = ""

@@ -1,0 +1,351 @@
+"""Sequence classification of a text or a text pair: single-label (softmax + cross-entropy)
+or multi-label (sigmoid + BCE, per-label thresholds tuned on dev).
+
+Texts longer than ``model.max_length`` are either cut (``long_text: truncate``: the head is
+kept, and the number of examples cut is reported) or split into overlapping windows
+(``long_text: windows``) whose logits are averaged per example, so every token is read.
+
+Windows are built here from the tokenizer's own ids, not with the tokenizer's
+``return_overflowing_tokens``: for a text pair that gives the cartesian product of both
+texts' windows (thousands of windows for two long texts). Here the longer text of a pair
+is windowed and the shorter one repeated in every window. The special tokens and token
+type ids around the text(s) are the tokenizer's own, found by encoding a probe, so any fast
+tokenizer's template ([CLS] a [SEP] b [SEP], <s> a </s></s> b </s>, ...) works as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from runassist.config import DataConfig, ModelConfig, TaskConfig
+from runassist.data.records import TextExample
+from runassist.errors import DataError, RunassistError
+from runassist.tasks.base import Feature, TaskState, pad_inputs, softmax
+
+DEFAULT_THRESHOLD = 0.5  # multi-label: until thresholds are tuned on dev
+
+
+@dataclass(frozen=True)
+class LabelPrediction:
+    labels: tuple[str, ...]  # single-label: the top label; multi-label: those at or above their threshold
+    probs: tuple[float, ...]  # one per label, in state.labels order
+    # state.labels, which `probs` follows; carried so to_json(example, prediction) can name them.
+    classes: tuple[str, ...] = ()
+
+
+class ClassifyTask:
+    name = "classify"
+
+    def __init__(self, task: TaskConfig, data: DataConfig, model: ModelConfig):
+        self.task_cfg, self.data_cfg, self.model_cfg = task, data, model
+        self.multi_label = task.multi_label
+        self.headline = "micro_f1" if self.multi_label else "accuracy"
+        self.last_truncated = 0  # examples whose tokens were cut by the last encode() call
+
+    # -- data ---------------------------------------------------------------
+    def read(self, spec: str, *, require_labels: bool = True) -> list[TextExample]:
+        from runassist.data.load import read_examples
+
+        return read_examples(spec, task="classify", data=self.data_cfg, multi_label=self.multi_label,
+                             require_labels=require_labels)
+
+    def label_set(self, examples: Sequence[TextExample]) -> list[str]:
+        return sorted({label for ex in examples for label in ex.labels})
+
+    def label_counts(self, examples: Sequence[TextExample]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for ex in examples:
+            for label in ex.labels:
+                counts[label] = counts.get(label, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def example_from_input(self, item: Any) -> TextExample:
+        """A text, or a pair as ``{"text": ..., "text_pair": ...}``."""
+        if isinstance(item, str):
+            return TextExample(text=item)
+        if isinstance(item, dict):
+            unknown = set(item) - {"text", "text_pair"}
+            if unknown:
+                raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                                 "an input object has keys: text, text_pair")
+            text, pair = item.get("text"), item.get("text_pair")
+            if not isinstance(text, str) or not (pair is None or isinstance(pair, str)):
+                raise ValueError('an input object needs "text" (a string) and optionally "text_pair" (a string)')
+            return TextExample(text=text, text_pair=pair)
+        raise ValueError('each input must be a string or an object {"text": ..., "text_pair": ...}')
+
+    # -- features -----------------------------------------------------------
+    def encode(self, examples: Sequence[TextExample], tokenizer: Any, state: TaskState) -> list[Feature]:
+        """One feature per example (``truncate``) or one per window (``windows``).
+
+        ``meta`` of each feature is ``{"window": i, "windows": n, "truncated": bool}``;
+        ``truncated`` means tokens of the example were dropped (never with windows, except
+        the shorter text of a pair longer than half of max_length).
+        """
+        label2id = {label: i for i, label in enumerate(state.labels)}
+        targets = [self._target(ex, label2id, state.labels) for ex in examples]
+        max_length, stride = self.model_cfg.max_length, self.model_cfg.stride
+        windows = self.model_cfg.long_text == "windows"
+        with_types = "token_type_ids" in tokenizer.model_input_names
+        firsts = _ids(tokenizer, [ex.text for ex in examples])
+        paired = [i for i, ex in enumerate(examples) if ex.text_pair is not None]
+        seconds = dict(zip(paired, _ids(tokenizer, [examples[i].text_pair for i in paired])))
+        layouts = {False: _Layout.probe(tokenizer, pair=False)}
+        if paired:
+            layouts[True] = _Layout.probe(tokenizer, pair=True)
+
+        features: list[Feature] = []
+        self.last_truncated = 0
+        for index, ex in enumerate(examples):
+            first, second = firsts[index], seconds.get(index)
+            layout = layouts[second is not None]
+            room = max_length - layout.n_special
+            if windows:
+                parts, truncated = _windows(first, second, room, stride)
+            else:
+                parts, truncated = _truncate(first, second, room)
+            self.last_truncated += truncated
+            for window, (a, b) in enumerate(parts):
+                ids, types = layout.join(a, b)
+                inputs = {"input_ids": ids, "token_type_ids": types} if with_types else {"input_ids": ids}
+                features.append(Feature(example=index, inputs=inputs, target=targets[index],
+                                        meta={"window": window, "windows": len(parts), "truncated": truncated}))
+        return features
+
+    def _target(self, ex: TextExample, label2id: dict[str, int], known: list[str]) -> Any:
+        for label in ex.labels:
+            if label not in label2id:
+                raise DataError(ex.source or "input", None,
+                                f"label '{label}' was never seen in training; known labels: {', '.join(known)}")
+        if self.multi_label:
+            # An empty label set is a real multi-label answer ("none of these"), so it gets an
+            # all-zero target; for unlabelled input the target is simply never used.
+            hot = [0.0] * len(known)
+            for label in ex.labels:
+                hot[label2id[label]] = 1.0
+            return hot
+        if not ex.labels:
+            return None
+        if len(ex.labels) > 1:
+            raise DataError(ex.source or "input", None,
+                            f"{len(ex.labels)} labels ({', '.join(ex.labels)}) but task.multi_label is false; "
+                            "set task.multi_label: true for multi-label data")
+        return label2id[ex.labels[0]]
+
+    def collate(self, features: Sequence[Feature], pad_id: int) -> dict[str, torch.Tensor]:
+        batch = pad_inputs(features, pad_id)
+        if all(f.target is not None for f in features):
+            dtype = torch.float32 if self.multi_label else torch.long
+            batch["labels"] = torch.tensor([f.target for f in features], dtype=dtype)
+        return batch
+
+    # -- model --------------------------------------------------------------
+    def build_model(self, source: str, state: TaskState, *, dropout: float | None = None) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        from runassist.tasks.hf import load_model
+
+        # Set explicitly both ways: a saved model's config may carry the other problem type.
+        problem = "multi_label_classification" if self.multi_label else "single_label_classification"
+        return load_model(AutoModelForSequenceClassification, source, state.labels, dropout=dropout,
+                          problem_type=problem)
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], weights: torch.Tensor | None) -> torch.Tensor:
+        """Cross-entropy (``weights``: one per class) or BCE (``weights``: pos_weight, one per label).
+
+        In float32 whatever the logits' dtype: bf16 logits lose the small differences the loss is made of.
+        """
+        logits = logits.float()
+        if weights is not None:
+            weights = weights.to(device=logits.device, dtype=torch.float32)
+        if self.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, batch["labels"].float(), pos_weight=weights)
+        return F.cross_entropy(logits, batch["labels"], weight=weights)
+
+    # -- outputs ------------------------------------------------------------
+    def decode(self, examples: Sequence[TextExample], features: Sequence[Feature],
+               logits: Sequence[np.ndarray], state: TaskState) -> list[LabelPrediction]:
+        probs = self._probs(len(examples), features, logits)
+        classes = tuple(state.labels)  # one tuple shared by every prediction
+        predictions = []
+        if self.multi_label:
+            thresholds = _thresholds(state)
+            for row in probs:
+                chosen = sorted((i for i in range(len(row)) if row[i] >= thresholds[i]), key=lambda i: -row[i])
+                predictions.append(LabelPrediction(labels=tuple(classes[i] for i in chosen),
+                                                   probs=tuple(float(p) for p in row), classes=classes))
+        else:
+            for row in probs:
+                predictions.append(LabelPrediction(labels=(classes[int(row.argmax())],),
+                                                   probs=tuple(float(p) for p in row), classes=classes))
+        return predictions
+
+    def fit(self, examples: Sequence[TextExample], features: Sequence[Feature], logits: Sequence[np.ndarray],
+            state: TaskState) -> dict[str, Any]:
+        """Multi-label: per-label thresholds that maximise each label's F1 on dev."""
+        if not self.multi_label:
+            return {}
+        from runassist.metrics.classification import tune_thresholds
+
+        probs = self._probs(len(examples), features, logits)
+        index = {label: i for i, label in enumerate(state.labels)}
+        gold = np.zeros(probs.shape, dtype=np.int8)
+        for row, ex in enumerate(examples):
+            for label in ex.labels:
+                if label in index:  # encode() has already refused unknown labels
+                    gold[row, index[label]] = 1
+        return {"thresholds": [float(t) for t in tune_thresholds(probs, gold)]}
+
+    def score(self, examples: Sequence[TextExample], predictions: Sequence[LabelPrediction],
+              state: TaskState) -> dict[str, Any]:
+        from runassist.metrics.classification import score_multi, score_single
+
+        if self.multi_label:
+            return score_multi([list(ex.labels) for ex in examples], [list(p.labels) for p in predictions],
+                               state.labels)
+        for ex in examples:
+            if len(ex.labels) != 1:
+                raise DataError(ex.source or "input", None,
+                                f"scoring needs exactly one gold label per example, found {len(ex.labels)}")
+        return score_single([ex.labels[0] for ex in examples], [p.labels[0] for p in predictions], state.labels)
+
+    def to_json(self, example: TextExample, prediction: LabelPrediction) -> dict[str, Any]:
+        if len(prediction.classes) != len(prediction.probs):
+            raise ValueError("prediction.classes must name every probability (predictions come from decode())")
+        out: dict[str, Any] = {"labels": list(prediction.labels)}
+        if not self.multi_label:
+            out["label"] = prediction.labels[0]
+        # Every label's probability, highest first (sorted() is stable: ties keep label order).
+        ranked = sorted(zip(prediction.classes, prediction.probs), key=lambda item: -item[1])
+        out["probs"] = {label: round(p, 4) for label, p in ranked}
+        return out
+
+    # -- helpers ------------------------------------------------------------
+    def _probs(self, n: int, features: Sequence[Feature], logits: Sequence[np.ndarray]) -> np.ndarray:
+        """Average each example's window logits, then softmax (single) or sigmoid (multi): [n, L]."""
+        if len(features) != len(logits):
+            raise ValueError(f"{len(features)} features but {len(logits)} logit rows")
+        if not features:
+            return np.zeros((n, 0))
+        width = np.asarray(logits[0]).shape[-1]
+        sums = np.zeros((n, width), dtype=np.float64)
+        counts = np.zeros(n, dtype=np.int64)
+        for feature, out in zip(features, logits):
+            sums[feature.example] += np.asarray(out, dtype=np.float64).reshape(width)
+            counts[feature.example] += 1
+        if (counts == 0).any():
+            raise ValueError(f"example {int(np.argmin(counts))} has no features to decode")
+        mean = sums / counts[:, None]
+        return 1.0 / (1.0 + np.exp(-mean)) if self.multi_label else softmax(mean)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a tokenizer puts its special tokens around one text or a pair, and the token
+    type ids of each part: ``[CLS] a [SEP]`` / ``[CLS] a [SEP] b [SEP]`` (types 0.. 1..) for BERT,
+    ``<s> a </s></s> b </s>`` for RoBERTa. Found by encoding a probe, like ``special_tokens``."""
+
+    fixed: tuple[tuple[int, ...], ...]  # special tokens before a, (between a and b,) after the last text
+    fixed_types: tuple[tuple[int, ...], ...]
+    text_types: tuple[int, ...]  # token type id of a (and of b)
+
+    @classmethod
+    def probe(cls, tokenizer: Any, *, pair: bool) -> "_Layout":
+        probe = tokenizer("a", add_special_tokens=False)["input_ids"]
+        encoded = tokenizer("a", "a" if pair else None, return_token_type_ids=True)
+        full = list(encoded["input_ids"])
+        types = list(encoded.get("token_type_ids") or [0] * len(full))
+        starts: list[int] = []
+        pos = 0
+        for _ in range(2 if pair else 1):
+            found = next((s for s in range(pos, len(full) - len(probe) + 1) if full[s:s + len(probe)] == probe), None)
+            if not probe or found is None:
+                raise RunassistError("model.source: cannot tell where this tokenizer puts the text among its "
+                                     f"special tokens (encoding 'a' gave {full})")
+            starts.append(found)
+            pos = found + len(probe)
+        bounds = [0] + [b for s in starts for b in (s, s + len(probe))] + [len(full)]
+        spans = [(bounds[i], bounds[i + 1]) for i in range(0, len(bounds), 2)]
+        return cls(fixed=tuple(tuple(full[s:e]) for s, e in spans),
+                   fixed_types=tuple(tuple(types[s:e]) for s, e in spans),
+                   text_types=tuple(types[s] for s in starts))
+
+    @property
+    def n_special(self) -> int:
+        return sum(len(part) for part in self.fixed)
+
+    def join(self, a: list[int], b: list[int] | None) -> tuple[list[int], list[int]]:
+        ids = [*self.fixed[0], *a]
+        types = [*self.fixed_types[0], *[self.text_types[0]] * len(a)]
+        if b is not None:
+            ids += [*self.fixed[1], *b]
+            types += [*self.fixed_types[1], *[self.text_types[1]] * len(b)]
+        return ids + list(self.fixed[-1]), types + list(self.fixed_types[-1])
+
+
+Parts = list[tuple[list[int], list[int] | None]]  # the (a, b) token ids of each window, specials not added
+
+
+def _ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    # verbose=False: texts longer than the model are expected here; they are cut or windowed below.
+    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def _truncate(a: list[int], b: list[int] | None, room: int) -> tuple[Parts, bool]:
+    """Keep the head; of a pair, cut the longer text first (the tokenizers' ``longest_first``)."""
+    if b is None:
+        return [(a[:room], None)], len(a) > room
+    la, lb = len(a), len(b)
+    if la + lb > room:
+        half = room // 2
+        if la <= half:
+            lb = room - la
+        elif lb <= half:
+            la = room - lb
+        else:
+            la, lb = room - half, half
+    return [(a[:la], b[:lb])], (la, lb) != (len(a), len(b))
+
+
+def _windows(a: list[int], b: list[int] | None, room: int, stride: int) -> tuple[Parts, bool]:
+    """Overlapping windows over a text; of a pair, over the longer text, with the shorter one
+    (cut to half the room if it is long too) repeated in every window."""
+    if b is None:
+        return [(a[s:s + room], None) for s in _starts(len(a), room, stride)], False
+    if len(a) + len(b) <= room:
+        return [(a, b)], False
+    long_is_b = len(b) >= len(a)
+    long, short = (b, a) if long_is_b else (a, b)
+    keep = min(len(short), room // 2)
+    truncated, short = keep < len(short), short[:keep]
+    room_long = room - keep
+    # The window room is smaller than for one text; a stride meant for the full room could
+    # leave a step of one token (a window per token), so the overlap is capped at half the room.
+    pieces = [long[s:s + room_long] for s in _starts(len(long), room_long, min(stride, room_long // 2))]
+    return [(short, piece) if long_is_b else (piece, short) for piece in pieces], truncated
+
+
+def _starts(n: int, room: int, stride: int) -> list[int]:
+    """Window starts: steps of room - stride, the last window ending at the text's end (so
+    every window is full, and the last one has as much context as the others)."""
+    if n <= room:
+        return [0]
+    step = max(1, room - stride)
+    return list(range(0, n - room, step)) + [n - room]
+
+
+def _thresholds(state: TaskState) -> list[float]:
+    values = state.extras.get("thresholds")
+    if values is None:
+        return [DEFAULT_THRESHOLD] * len(state.labels)
+    if len(values) != len(state.labels):
+        raise RunassistError(f"task state has {len(values)} thresholds for {len(state.labels)} labels "
+                             f"({', '.join(state.labels)})")
+    return [float(v) for v in values]

@@ -1,0 +1,74 @@
+"""Loading Hugging Face models and tokenizers the same way for every task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runassist.errors import RunassistError
+
+
+def check_model_folder(source: str) -> None:
+    """A local folder must hold weights; say so before any compute is spent."""
+    path = Path(source)
+    if not path.exists():
+        if source.startswith((".", "/", "~")) or path.suffix:
+            raise RunassistError(f"model.source: folder '{source}' does not exist")
+        return  # a hub name: transformers resolves (and reports) it
+    if not path.is_dir():
+        raise RunassistError(f"model.source: '{source}' is a file; expected a model folder")
+    if not (path / "config.json").is_file():
+        raise RunassistError(f"model.source: '{source}' has no config.json")
+    weights = [p for p in path.iterdir() if p.name.endswith((".safetensors", ".bin", ".pt", ".gguf"))]
+    if not weights:
+        raise RunassistError(f"model.source: '{source}' has no weights (expected model.safetensors)")
+    if not any(p.name.endswith(".safetensors") for p in weights) and not (path / "adapter_config.json").exists():
+        raise RunassistError(
+            f"model.source: '{source}' has weights only in pickle formats; runassist loads safetensors only "
+            "(convert with `model.save_pretrained(dir, safe_serialization=True)`)"
+        )
+
+
+def quiet_transformers() -> None:
+    """The load report (MISSING classifier.weight ...) and shard progress bars are noise for our
+    users: a new head is always freshly initialised. Real errors still raise."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if not getattr(tokenizer, "is_fast", False):
+        raise RunassistError(f"model.source: '{source}' has no fast tokenizer (tokenizer.json); runassist needs "
+                             "word_ids() and offsets, which only fast tokenizers give")
+    return tokenizer
+
+
+def load_model(auto_cls: Any, source: str, labels: list[str], *, dropout: float | None = None,
+               **config_kwargs: Any) -> Any:
+    from transformers import AutoConfig
+
+    quiet_transformers()
+    config = AutoConfig.from_pretrained(source)
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    for key, value in config_kwargs.items():
+        setattr(config, key, value)
+    # ignore_mismatched_sizes: continuing from a run's model with a different label set
+    # replaces the head instead of failing.
+    model = auto_cls.from_pretrained(source, config=config, ignore_mismatched_sizes=True, use_safetensors=True)
+    if dropout is not None:
+        # Model families name their dropout config keys differently (hidden_dropout_prob,
+        # dropout, attention_dropout, ...); every one of them builds nn.Dropout modules.
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = dropout
+    return model

@@ -1,0 +1,89 @@
+"""Checkpoints that resume exactly, written so that a kill at any moment leaves the last good one.
+
+``checkpoints/last/`` holds: ``model.safetensors`` (every parameter and buffer of the training
+model, adapters included), ``optimizer.pt`` and ``scheduler.pt`` (tensors and numbers only,
+read back with ``weights_only=True``), ``rng.pt`` (torch CPU/CUDA generator states) and
+``state.json`` (position in the data, best value so far, patience, task extras).
+A new checkpoint is written into ``.last.tmp`` and swapped in with renames.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+from runassist.train.loop import Position
+
+
+def save(folder: Path, *, model: torch.nn.Module, optimizer, scheduler, position: Position,
+         state: dict[str, Any]) -> None:
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    payload = {"position": asdict(position), **state,
+               "python_rng": _jsonable(random.getstate()), "numpy_rng": _numpy_state()}
+    (tmp / "state.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    # Swap: last -> .old, tmp -> last, drop .old. A crash between the renames leaves either
+    # the old or the new checkpoint complete under one of the names; load() checks both.
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find(folder: Path) -> Path | None:
+    folder = Path(folder)
+    for candidate in (folder, folder.with_name(f".{folder.name}.old")):
+        if (candidate / "state.json").is_file():
+            return candidate
+    return None
+
+
+def load(folder: Path, *, model: torch.nn.Module, optimizer, scheduler) -> tuple[Position, dict[str, Any]]:
+    load_model(model, str(folder / "model.safetensors"))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    rng = torch.load(folder / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    random.setstate(_tuples(state.pop("python_rng")))
+    np.random.set_state(_numpy_restore(state.pop("numpy_rng")))
+    return Position(**state.pop("position")), state
+
+
+def _jsonable(value: Any) -> Any:
+    return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _numpy_state() -> list:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_restore(state: list) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached

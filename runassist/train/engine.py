@@ -1,0 +1,105 @@
+"""The only module that touches the distributed engine (Hugging Face Accelerate).
+
+Accelerate gives us device placement, process groups (one CPU, one GPU, or several
+processes under ``accelerate launch``) and DDP wrapping. Mixed precision we do ourselves
+with ``torch.autocast``: accelerate refuses fp16 on CPU and we want one code path whose
+precision is exactly what summary.json says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Callable
+
+import torch
+
+from runassist.errors import RunassistError
+
+
+class Engine:
+    def __init__(self, *, precision: str, bf16_fast_cpu: bool):
+        os.environ.setdefault("ACCELERATE_USE_CPU", "0")
+        from accelerate import Accelerator
+
+        cpu = not torch.cuda.is_available()
+        # cpu=True lets several processes on one CPU join one gloo group (see INTEGRATION-NOTES).
+        self.accelerator = Accelerator(cpu=cpu, mixed_precision="no")
+        self.device = self.accelerator.device
+        self.precision = resolve_precision(precision, device=self.device, bf16_fast_cpu=bf16_fast_cpu)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self._dtype = dtype
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" and self.device.type == "cuda" else None
+
+    # -- processes ----------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def wait(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": str(self.device), "processes": self.world, "precision": self.precision,
+                "distributed": str(self.accelerator.distributed_type)}
+
+    # -- model --------------------------------------------------------------
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.accelerator.prepare_model(model)
+
+    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    def autocast(self) -> Callable[[], contextlib.AbstractContextManager]:
+        if self._dtype is None:
+            return contextlib.nullcontext
+        return lambda: torch.autocast(self.device.type, dtype=self._dtype)
+
+    def no_sync(self, model: torch.nn.Module, skip: bool) -> contextlib.AbstractContextManager:
+        """Skip the gradient all-reduce on accumulation micro-steps that do not end in an update."""
+        if skip and self.world > 1 and hasattr(model, "no_sync"):
+            return model.no_sync()
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, grad_clip: float | None) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def peak_memory_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def resolve_precision(precision: str, *, device: torch.device, bf16_fast_cpu: bool) -> str:
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if bf16_fast_cpu else "fp32"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise RunassistError("train.precision: bf16 is not supported by this GPU; use fp16 or auto")
+    return precision

@@ -1,0 +1,95 @@
+"""The training loop: a generator of StepInfo. No file I/O and no printing in here;
+the caller (train/run.py) and its callbacks do the side effects.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from runassist.tasks.base import Feature
+from runassist.train.batches import epoch_batches
+from runassist.train.engine import Engine
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training is: enough, with the RNG state, to resume exactly."""
+
+    step: int = 0  # optimizer updates done
+    epoch: int = 0  # current epoch (0-based)
+    batch: int = 0  # micro-batches of this epoch already consumed
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    position: Position
+    loss: torch.Tensor  # kept on the device: reading it forces a sync, so callbacks read it only when logging
+    lr: float
+    tokens: int  # real (non-padding) tokens in this update, known on the host without a sync
+    padded_tokens: int
+    epoch_float: float
+    end_of_epoch: bool
+    last: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps_per_epoch: int
+    total_steps: int
+
+
+def plan(n_batches: int, *, grad_accum: int, epochs: float, max_steps: int | None) -> Plan:
+    per_epoch = max(1, math.ceil(n_batches / grad_accum))
+    total = math.ceil(per_epoch * epochs)
+    if max_steps is not None:
+        total = min(total, max_steps)
+    return Plan(steps_per_epoch=per_epoch, total_steps=max(1, total))
+
+
+def train_steps(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, engine: Engine,
+                features: Sequence[Feature], collate: Callable[[Sequence[Feature]], dict],
+                loss_fn: Callable[[torch.Tensor, dict], torch.Tensor], batch_size: int, grad_accum: int,
+                grad_clip: float | None, seed: int, group_by_length: bool, total_steps: int,
+                start: Position = Position()) -> Iterator[StepInfo]:
+    lengths = [f.length for f in features]
+    autocast = engine.autocast()
+    position = start
+    model.train()
+    while position.step < total_steps:
+        batches = epoch_batches(lengths, batch_size=batch_size, seed=seed, epoch=position.epoch,
+                                group_by_length=group_by_length, rank=engine.rank, world=engine.world)
+        if not batches:
+            raise ValueError("no training batches (fewer examples than processes?)")
+        n_steps = math.ceil(len(batches) / grad_accum)
+        cursor = position.batch
+        while cursor < len(batches) and position.step < total_steps:
+            group = batches[cursor:cursor + grad_accum]
+            total_loss = torch.zeros((), device=engine.device)
+            tokens = padded = 0
+            for i, idx in enumerate(group):
+                batch = collate([features[j] for j in idx])
+                batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
+                labels = batch.pop("labels")
+                with engine.no_sync(model, skip=i < len(group) - 1):
+                    with autocast():
+                        logits = model(**batch).logits
+                    loss = loss_fn(logits, {**batch, "labels": labels}) / len(group)
+                    engine.backward(loss)
+                total_loss += loss.detach()
+                tokens += sum(lengths[j] for j in idx)
+                padded += batch["input_ids"].numel()
+            lr = optimizer.param_groups[0]["lr"]
+            engine.step(optimizer, model, grad_clip)
+            scheduler.step()
+            cursor += len(group)
+            end_of_epoch = cursor >= len(batches)
+            step_in_epoch = math.ceil(cursor / grad_accum)
+            position = Position(step=position.step + 1, epoch=position.epoch + (1 if end_of_epoch else 0),
+                                batch=0 if end_of_epoch else cursor)
+            yield StepInfo(position=position, loss=total_loss, lr=lr, tokens=tokens, padded_tokens=padded,
+                           epoch_float=position.epoch if end_of_epoch else position.epoch + step_in_epoch / n_steps,
+                           end_of_epoch=end_of_epoch, last=position.step >= total_steps)

@@ -1,0 +1,280 @@
+"""train(cfg) -> RunResult: wires data -> task -> loop -> callbacks -> run folder."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runassist import runs
+from runassist.config import Config
+from runassist.errors import DataError, RunassistError
+from runassist.inference import predict_examples, split_name, write_eval
+from runassist.tasks import make_task
+from runassist.tasks.base import TaskState
+from runassist.train import checkpoint
+from runassist.train.callbacks import (BestModel, Checkpoint, EarlyStopping, MetricsLog, Progress, TrainContext,
+                                       save_model_dir)
+from runassist.train.engine import Engine
+from runassist.train.loop import Position, StepInfo, plan, train_steps
+from runassist.train.setup import apply_freeze, apply_lora, build_optimizer, build_scheduler, class_weights
+
+_PEFT_TASK_TYPES = {"ner": "TOKEN_CLS", "classify": "SEQ_CLS"}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run: Path
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: list[Any]
+    dev: list[Any] | None
+    test: list[Any] | None
+
+
+def read_splits(task: Any, cfg: Config) -> Splits:
+    """Read every split and check labels before any compute is spent."""
+    if not cfg.data.train:
+        raise RunassistError("data.train: not set; give a file or an asset alias, e.g. data.train=wnut16:train")
+    train = task.read(cfg.data.train)
+    dev = task.read(cfg.data.dev) if cfg.data.dev else None
+    test = task.read(cfg.data.test) if cfg.data.test else None
+    known = set(task.label_counts(train))
+    for spec, examples in ((cfg.data.dev, dev), (cfg.data.test, test)):
+        if examples is None:
+            continue
+        unseen = sorted(set(task.label_counts(examples)) - known)
+        if unseen:
+            raise DataError(spec, None, f"labels never seen in training data: {', '.join(unseen)} "
+                                        f"(run `runassist check-data` for the lines)")
+    return Splits(train, dev, test)
+
+
+def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> RunResult:
+    from runassist import env
+    from runassist.assets import resolve_model
+    from runassist.tasks.hf import check_model_folder, load_tokenizer
+
+    if resume is not None:
+        resume = runs.require(Path(resume), "config.yaml")
+        found = checkpoint.find(resume / "checkpoints" / "last")
+        if found is None:
+            raise RunassistError(f"{resume}: no checkpoint to resume from (checkpoints/last is missing)")
+        cfg = runs.load_config(resume)
+
+    tc = cfg.train
+    facts = env.collect(check_hub=False)
+    torch.set_num_threads(tc.threads or env.choose_threads(facts))
+    torch.manual_seed(tc.seed)
+
+    task = make_task(cfg)
+    splits = read_splits(task, cfg)
+    source = resolve_model(cfg.model.source)
+    check_model_folder(source)
+    tokenizer = load_tokenizer(source)
+    state = TaskState(labels=task.label_set(splits.train))
+
+    engine = Engine(precision=tc.precision, bf16_fast_cpu=env.bf16_fast(facts))
+    run = resume or _create_run(cfg, engine)
+    if engine.is_main:
+        runs.write_json(run / "labels.json", {"task": task.name, "labels": state.labels})
+        runs.write_json(run / "summary.json", {"task": task.name, "model": cfg.model.source, "status": "running"})
+
+    train_features = task.encode(splits.train, tokenizer, state)
+    dev_features = task.encode(splits.dev, tokenizer, state) if splits.dev else None
+    if not train_features:
+        raise DataError(cfg.data.train, None, "no training examples")
+
+    model = task.build_model(source, state, dropout=tc.dropout)
+    frozen = apply_freeze(model, tc.freeze)
+    if tc.lora is not None:
+        model = apply_lora(model, tc.lora, task_type=_PEFT_TASK_TYPES.get(task.name, "FEATURE_EXTRACTION"))
+    model.to(engine.device)
+    optimizer = build_optimizer(model, tc, engine.device)
+    model = engine.prepare(model)
+    if tc.compile:
+        model = torch.compile(model)
+
+    n_batches = -(-len(train_features) // tc.batch_size) // engine.world
+    schedule = plan(n_batches, grad_accum=tc.grad_accum, epochs=tc.epochs, max_steps=tc.max_steps)
+    scheduler = build_scheduler(optimizer, tc, schedule.total_steps)
+    weights = class_weights(tc.class_weights, state.labels, task.label_counts(splits.train))
+    weights = weights.to(engine.device) if weights is not None else None
+
+    es = tc.early_stopping
+    metric = (es.metric if es and es.metric else task.headline)
+    ctx = TrainContext(run=run, engine=engine, model=model, optimizer=optimizer, scheduler=scheduler,
+                       tokenizer=tokenizer, task=task, state=state, metric=metric,
+                       mode=es.mode if es else "max", total_steps=schedule.total_steps,
+                       merge_lora=tc.lora.merge if tc.lora else True)
+    start = Position()
+    if resume is not None:
+        start, saved = checkpoint.load(found, model=ctx.bare, optimizer=optimizer, scheduler=scheduler)
+        _restore(ctx, saved)
+        if engine.is_main:
+            _truncate_metrics(run, start.step)
+
+    bar = Progress(enabled=progress)
+    callbacks = [MetricsLog(tc.log_every), EarlyStopping(patience=es.patience if es else None,
+                                                         min_delta=es.min_delta if es else 0.0),
+                 BestModel(), Checkpoint(tc.checkpoint_every), bar]
+    eval_every = tc.eval_every
+    loss_fn = lambda logits, batch: task.loss(logits, batch, weights)  # noqa: E731
+    collate = lambda fs: task.collate(fs, tokenizer.pad_token_id)  # noqa: E731
+
+    def evaluate(info: StepInfo) -> None:
+        scores = _dev_scores(ctx, splits.dev, dev_features)
+        for cb in callbacks:
+            cb.on_eval(ctx, info, scores)
+
+    bar.start(ctx, start.step)
+    info = None
+    stopped = "completed"
+    try:
+        tick = time.perf_counter()
+        for info in train_steps(model=model, optimizer=optimizer, scheduler=scheduler, engine=engine,
+                                features=train_features, collate=collate, loss_fn=loss_fn,
+                                batch_size=tc.batch_size, grad_accum=tc.grad_accum, grad_clip=tc.grad_clip,
+                                seed=tc.seed, group_by_length=tc.group_by_length,
+                                total_steps=schedule.total_steps, start=start):
+            ctx.train_seconds += time.perf_counter() - tick
+            ctx.tokens += info.tokens
+            ctx.padded_tokens += info.padded_tokens
+            for cb in callbacks:
+                cb.on_step(ctx, info)
+            due = info.end_of_epoch if eval_every == "epoch" else info.position.step % eval_every == 0
+            if splits.dev and (due or info.last):
+                evaluate(info)
+            if ctx.stop_reason:
+                stopped = ctx.stop_reason
+                break
+            tick = time.perf_counter()
+        if info is not None and info.last and not ctx.stop_reason:
+            stopped = "max_steps reached" if tc.max_steps and info.position.step >= tc.max_steps else "completed"
+    except KeyboardInterrupt:
+        bar.stop()
+        if info is not None:
+            Checkpoint.save(ctx, info.position)
+        _write_summary(ctx, cfg, status="interrupted", stopped="interrupted (Ctrl-C); resume with --resume",
+                       frozen=frozen, n_train=len(train_features))
+        raise
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower() or "can't allocate" in str(exc).lower():
+            raise RunassistError(f"train.batch_size={tc.batch_size} does not fit in memory; try a smaller "
+                                 f"batch with train.grad_accum to keep the effective size") from None
+        raise
+    finally:
+        bar.stop()
+
+    if not splits.dev or ctx.best_state is None:
+        # No dev split: the last model is the kept one.
+        ctx.best = ctx.best or {"step": info.position.step if info else 0, "metric": metric, "value": None}
+        if engine.is_main:
+            save_model_dir(ctx)
+    else:
+        ctx.bare.load_state_dict(ctx.best_state)
+    test_scores = None
+    if splits.test is not None:
+        predictions = predict_examples(task, ctx.bare, tokenizer, splits.test, state,
+                                       autocast=engine.autocast())
+        test_scores = task.score(splits.test, predictions, state)
+        if engine.is_main:
+            write_eval(run, split_name(cfg.data.test), task, splits.test, predictions, test_scores)
+    summary = _write_summary(ctx, cfg, status="finished", stopped=stopped, frozen=frozen,
+                             n_train=len(train_features), test=test_scores)
+    engine.wait()
+    return RunResult(run=run, summary=summary)
+
+
+def _create_run(cfg: Config, engine: Engine) -> Path:
+    from accelerate.utils import broadcast_object_list
+
+    holder = [str(runs.create(cfg)) if engine.is_main else None]
+    if engine.world > 1:
+        broadcast_object_list(holder)
+    return Path(holder[0])
+
+
+def _dev_scores(ctx: TrainContext, examples: list[Any], features: list[Any]) -> dict[str, Any]:
+    predictions = predict_examples(ctx.task, ctx.bare, ctx.tokenizer, examples, ctx.state, features=features,
+                                   autocast=ctx.engine.autocast(), fit=True)
+    scores = ctx.task.score(examples, predictions, ctx.state)
+    if ctx.metric not in scores:
+        names = ", ".join(k for k, v in scores.items() if isinstance(v, (int, float)))
+        raise RunassistError(f"train.early_stopping.metric: '{ctx.metric}' is not a score of this task; "
+                             f"choose one of: {names}")
+    return scores
+
+
+def _restore(ctx: TrainContext, saved: dict[str, Any]) -> None:
+    ctx.best = saved.get("best") or {}
+    ctx.bad_evals = saved.get("bad_evals", 0)
+    ctx.state.extras.update(saved.get("extras") or {})
+    ctx.train_seconds = saved.get("train_seconds", 0.0)
+    ctx.tokens = saved.get("tokens", 0)
+    ctx.padded_tokens = saved.get("padded_tokens", 0)
+    model_dir = ctx.run / "model"
+    if ctx.best and (model_dir / "model.safetensors").exists() and not hasattr(ctx.bare, "peft_config"):
+        from safetensors.torch import load_file
+
+        # The best weights so far live in model/; keep them in memory as an uninterrupted run would.
+        best = load_file(model_dir / "model.safetensors")
+        current = ctx.bare.state_dict()
+        ctx.best_state = {k: best.get(k, v).clone() for k, v in current.items()}
+
+
+def _truncate_metrics(run: Path, step: int) -> None:
+    """Drop rows a killed run wrote after its last checkpoint; the resumed run writes them again."""
+    import json
+
+    rows = [r for r in runs.read_metrics(run) if r.get("step", 0) <= step]
+    runs.atomic_write(run / "metrics.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _headline(scores: dict[str, Any] | None) -> dict[str, Any] | None:
+    if scores is None:
+        return None
+    return {k: v for k, v in scores.items() if isinstance(v, (int, float))}
+
+
+def _write_summary(ctx: TrainContext, cfg: Config, *, status: str, stopped: str, frozen: list[str], n_train: int,
+                   test: dict[str, Any] | None = None) -> dict[str, Any]:
+    total = ctx.padded_tokens
+    trainable = sum(p.numel() for p in ctx.bare.parameters() if p.requires_grad)
+    params = sum(p.numel() for p in ctx.bare.parameters())
+    best = {k: v for k, v in ctx.best.items() if k != "scores"}
+    summary = {
+        "task": ctx.task.name,
+        "model": cfg.model.source,
+        "status": status,
+        "stopped_because": stopped,
+        "best": best,
+        "dev": _headline(ctx.best.get("scores")),
+        "test": _headline(test),
+        "steps": ctx.scheduler.last_epoch if hasattr(ctx.scheduler, "last_epoch") else None,
+        "total_steps": ctx.total_steps,
+        "train_examples": n_train,
+        "train_seconds": round(ctx.train_seconds, 2),
+        "tokens": ctx.tokens,
+        "tokens_per_second": round(ctx.tokens / max(ctx.train_seconds, 1e-9), 1),
+        "padding_fraction": round(1 - ctx.tokens / total, 4) if total else 0.0,
+        "peak_memory_mb": round(ctx.engine.peak_memory_mb(), 1),
+        "parameters": params,
+        "trainable_parameters": trainable,
+        "frozen_parameters": len(frozen),
+        "engine": ctx.engine.describe(),
+        "threads": torch.get_num_threads(),
+        "choices": {"optimizer": cfg.train.optimizer, "fused_optimizer": cfg.train.optimizer == "adamw",
+                    "group_by_length": cfg.train.group_by_length, "compile": cfg.train.compile,
+                    "precision": ctx.engine.precision, "lora": cfg.train.lora is not None},
+        "extras": ctx.state.extras,
+    }
+    if ctx.engine.is_main:
+        runs.write_json(ctx.run / "summary.json", summary)
+    return summary

@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny models built from a config (no download), tiny data files, one torch thread."""
+
+from __future__ import annotations
+
+import os
+import random
+import string
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # two cores shared with other processes: 1 thread is the fast setting here
+
+REPO = Path(__file__).resolve().parents[1]
+
+WORDS = ("the a of to in and is was on for with at by from new york london paris john mary smith apple google "
+         "city river street said went visited works lives movie great bad good terrible film plot fun boring "
+         "loved hated acting story").split()
+TYPES = {"PER": ["john", "mary", "smith"], "LOC": ["york", "london", "paris"], "ORG": ["apple", "google"]}
+CJK = "我们在北京上海工作生活喜欢这个电影很好不差张三李四"
+
+
+def build_tiny_model_dir(folder: Path) -> Path:
+    """A 2-layer BERT with random weights and a WordPiece tokenizer that covers any ASCII word."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab_list = specials + WORDS + chars + ["##" + c for c in string.ascii_lowercase + string.digits] + list(CJK)
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tok.decoder = decoders.WordPiece()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]",
+                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-bert") / "model")
+
+
+def make_ner_sentences(n: int, seed: int = 0) -> list[list[tuple[str, str]]]:
+    """Sentences where names are always entities of a fixed type: learnable in a few steps."""
+    rng = random.Random(seed)
+    fillers = [w for w in WORDS if not any(w in v for v in TYPES.values())]
+    sentences = []
+    for _ in range(n):
+        sent = []
+        for _ in range(rng.randint(4, 10)):
+            if rng.random() < 0.3:
+                kind = rng.choice(sorted(TYPES))
+                words = [rng.choice(TYPES[kind]) for _ in range(rng.randint(1, 2))]
+                sent += [(w, ("B-" if i == 0 else "I-") + kind) for i, w in enumerate(words)]
+            else:
+                sent.append((rng.choice(fillers), "O"))
+        sentences.append(sent)
+    return sentences
+
+
+def write_conll(path: Path, sentences) -> Path:
+    path.write_text("\n\n".join("\n".join(f"{w}\t{t}" for w, t in s) for s in sentences) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def ner_files(tmp_path) -> dict[str, Path]:
+    return {split: write_conll(tmp_path / f"{split}.conll", make_ner_sentences(n, seed))
+            for split, n, seed in (("train", 64, 0), ("dev", 16, 1), ("test", 16, 2))}
+
+
+def ner_overrides(files: dict[str, Path], model: Path, out: Path, **train) -> list[str]:
+    items = [f"task=ner", f"model.source={model}", f"model.max_length=32", f"model.stride=8",
+             f"data.train={files['train']}", f"data.dev={files['dev']}", f"data.test={files['test']}",
+             f"output.dir={out}", "train.batch_size=8", "train.epochs=2", "train.lr=5e-3", "train.threads=1",
+             "train.precision=fp32"]
+    items += [f"train.{k}={v}" for k, v in train.items()]
+    return items
