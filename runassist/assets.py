@@ -58,7 +58,10 @@ MODELS: dict[str, ModelAsset] = {
 
 
 def resolve_model(source: str) -> str:
-    """A packaged model name -> its folder; anything else (a local folder, a hub name) unchanged."""
+    """A packaged model name -> its folder; anything else (a local folder, a hub name) unchanged.
+
+    The packaged name wins over a folder of the same name: write ``./minilm`` for the folder.
+    """
     asset = MODELS.get(source)
     if asset is None:
         return source

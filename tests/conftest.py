@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 WORDS = ("the a of to in and is was on for with at by from new york london paris john mary smith apple google "
          "city river street said went visited works lives movie great bad good terrible film plot fun boring "
          "loved hated acting story").split()
-TYPES = {"PER": ["john", "mary", "smith"], "LOC": ["york", "london", "paris"], "ORG": ["apple", "google"]}
+TYPES = {"PER": ["john", "mary", "john smith", "mary smith"], "LOC": ["london", "paris", "new york"],
+         "ORG": ["apple", "google"]}
 CJK = "我们在北京上海工作生活喜欢这个电影很好不差张三李四"
 
 
@@ -63,17 +64,17 @@ def tiny_model(tmp_path_factory) -> Path:
 def make_ner_sentences(n: int, seed: int = 0) -> list[list[tuple[str, str]]]:
     """Sentences where names are always entities of a fixed type: learnable in a few steps."""
     rng = random.Random(seed)
-    fillers = [w for w in WORDS if not any(w in v for v in TYPES.values())]
+    names = {w for v in TYPES.values() for name in v for w in name.split()}
+    fillers = [w for w in WORDS if w not in names]
     sentences = []
     for _ in range(n):
         sent = []
         for _ in range(rng.randint(4, 10)):
-            if rng.random() < 0.3:
+            if rng.random() < 0.3:  # an entity, then a filler word so entities never touch
                 kind = rng.choice(sorted(TYPES))
-                words = [rng.choice(TYPES[kind]) for _ in range(rng.randint(1, 2))]
+                words = rng.choice(TYPES[kind]).split()
                 sent += [(w, ("B-" if i == 0 else "I-") + kind) for i, w in enumerate(words)]
-            else:
-                sent.append((rng.choice(fillers), "O"))
+            sent.append((rng.choice(fillers), "O"))
         sentences.append(sent)
     return sentences
 

@@ -135,7 +135,18 @@ def test_truncate_pair_cuts_the_longer_text_first(tokenizer):
         assert feature.length == 12
     types = features[0].inputs["token_type_ids"]
     assert types.count(0) == 4 and types.count(1) == 8  # [CLS] good movie [SEP] + 7 words [SEP]
-    assert features[1].inputs["token_type_ids"].count(0) == 1 + 5 + 1  # both texts cut to fit, longest first
+    assert features[1].inputs["token_type_ids"].count(0) == 1 + 4 + 1  # both cut: 4 + 5 of room 9, as HF does
+
+
+def test_truncate_matches_the_tokenizers_own_truncation(tokenizer):
+    task = make_task(max_length=12)
+    examples = [TextExample(words(la), text_pair=words(lb) if lb else None)
+                for la in range(0, 15, 3) for lb in range(0, 15, 2)]
+    features = task.encode(examples, tokenizer, TaskState(LABELS))
+    for feature, ex in zip(features, examples):
+        expected = tokenizer(ex.text, ex.text_pair, truncation=True, max_length=12)
+        assert feature.inputs["input_ids"] == expected["input_ids"], (ex.text, ex.text_pair)
+        assert feature.inputs["token_type_ids"] == expected["token_type_ids"]
 
 
 def test_windows_cover_the_text_with_stride(tokenizer):

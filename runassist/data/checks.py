@@ -18,7 +18,7 @@ from runassist.config import DataConfig, ModelConfig
 from runassist.data.conll import spans_from_iob2
 from runassist.data.load import load_split
 from runassist.data.records import TextExample, TokenExample
-from runassist.errors import RunassistError
+from runassist.errors import DataError, RunassistError
 
 SPLIT_NAMES = ("train", "dev", "test")
 IMBALANCE_WARN = 10.0  # most/least frequent label in train; past this, plain accuracy misleads
@@ -96,7 +96,9 @@ def _overlap(task: str, name: str, examples: Sequence[Any], other: str, seen: di
             f"(e.g. this one, as {there}); scores on {name} are optimistic")
 
 
-def _ner_tokens(split: SplitStats, examples: Sequence[TokenExample], tokenizer: Any, max_length: int) -> tuple[int, str]:
+def _ner_tokens(
+    split: SplitStats, examples: Sequence[TokenExample], tokenizer: Any, max_length: int
+) -> tuple[int, str]:
     """Fill sub-token stats; count words past max_length. Returns words that become no sub-token
     at all (zero-width spaces, control characters: never tagged) and the first such example."""
     specials = tokenizer.num_special_tokens_to_add()
@@ -159,8 +161,11 @@ def check_data(
             continue
         try:
             split = load_split(spec, task=task_name, data=data, multi_label=multi_label)
-        except RunassistError as exc:  # includes "no examples" for an empty split
-            report.errors.append(f"{name}: {exc}")
+        except DataError as exc:  # includes "no examples" for an empty split; already names the file
+            report.errors.append(str(exc))
+            continue
+        except RunassistError as exc:  # an alias or config problem: say which split
+            report.errors.append(f"data.{name}: {exc}")
             continue
         read[name] = split.examples
         report.errors += [str(p) for p in split.problems]

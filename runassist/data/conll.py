@@ -35,12 +35,11 @@ import tempfile
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from runassist.data.records import TokenExample
 from runassist.errors import DataError
 
-Scheme = Literal["auto", "iob1", "iob2", "bioes"]
 SCHEMES = ("auto", "iob1", "iob2", "bioes")
 
 _TAG = re.compile(r"^(?:O|([BIES])-(\S+))$")
@@ -278,7 +277,9 @@ def scan_conll(path: str | Path, *, scheme: str = "auto", require_tags: bool = T
     def flush() -> None:
         if tokens:
             raw.append((tuple(tokens), tuple(tags) if tagged else None, list(lines)))
-            tokens.clear(), tags.clear(), lines.clear()
+            tokens.clear()
+            tags.clear()
+            lines.clear()
 
     for number, line in enumerate(read_text_file(path).splitlines(), start=1):
         cols = _columns(line)
@@ -289,7 +290,9 @@ def scan_conll(path: str | Path, *, scheme: str = "auto", require_tags: bool = T
         if tagged is None:
             tagged = has_tag or require_tags
         if tagged and not has_tag:
-            raise DataError(path, number, f"expected a token and a tag separated by a tab or spaces, got {line.strip()!r}")
+            raise DataError(
+                path, number, f"expected a token and a tag separated by a tab or spaces, got {line.strip()!r}"
+            )
         if not tagged and has_tag:
             raise DataError(path, number, "this line has a tag but the file's first token line has none")
         if tagged:

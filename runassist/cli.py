@@ -1,0 +1,290 @@
+"""The `runassist` command: thin commands, each calling one library function of the same name."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from runassist.errors import RunassistError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune a pretrained model on your labelled data, evaluate it, serve it.")
+runs_app = typer.Typer(add_completion=False, help="List, show and compare run folders.", invoke_without_command=True)
+app.add_typer(runs_app, name="runs")
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@app.command()
+def env(as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+        no_hub: bool = typer.Option(False, "--no-hub", help="skip the hub reachability probe")) -> None:
+    """What this machine can do, and the settings that follow."""
+    from runassist import env as env_lib
+
+    facts = env_lib.collect(check_hub=not no_hub)
+    rec = env_lib.recommend(facts)
+    if as_json:
+        _json({**facts, "recommendations": rec})
+        return
+    table = Table(title="runassist env", show_header=False)
+    cpu = facts["cpu"]
+    rows = [("python", facts["python"]),
+            *[(name, version or "not installed") for name, version in facts["versions"].items()],
+            ("cpu", f"{cpu['model']} ({cpu['cores_usable']} usable cores, load {cpu.get('load_1m')})"),
+            ("bf16 fast on cpu", str(cpu["bf16_fast"])),
+            ("memory", f"{facts['memory']['available_mb']:,} MB free of {facts['memory']['total_mb']:,} MB"),
+            ("disk", f"{facts['disk']['free_mb']:,} MB free at {facts['disk']['path']}"),
+            ("gpus", ", ".join(f"{g['name']} ({g['memory_mb']:,} MB, bf16 {g['bf16']})" for g in facts["gpus"])
+             or "none"),
+            ("hub", f"reachable={facts['hub']['reachable']} ({facts['hub']['detail']})")]
+    for key, value in rows:
+        table.add_row(key, str(value))
+    out.print(table)
+    rtable = Table(title="recommended settings")
+    rtable.add_column("setting")
+    rtable.add_column("value")
+    for key in ("device", "precision", "threads", "batch_size"):
+        rtable.add_row(key, str(rec[key]))
+    out.print(rtable)
+    for note in rec["notes"]:
+        out.print(f"- {note}")
+
+
+@app.command()
+def init(task: str = typer.Argument(..., help="ner | classify"),
+         output: Optional[Path] = typer.Option(None, "-o", "--output", help="file to write (default: stdout)")) -> None:
+    """Write a config for TASK with a comment on every key."""
+    from runassist.init_config import render
+    from runassist.runs import atomic_write
+
+    text = render(task)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write(output, text)
+        err.print(f"wrote {output}; next: runassist check-data {output} && runassist train {output}")
+
+
+@app.command()
+def assets(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Packaged models and data sets, usable by name in a config."""
+    from runassist.assets import list_assets
+
+    rows = list_assets()
+    if as_json:
+        _json(rows)
+        return
+    table = Table(title="packaged assets")
+    for col in ("name", "kind", "what", "size", "licence", "installed"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in ("name", "kind", "what", "size", "licence", "installed")))
+    out.print(table)
+
+
+@app.command("check-data")
+def check_data(config: Path, overrides: Optional[list[str]] = typer.Argument(None),
+               as_json: bool = typer.Option(False, "--json")) -> None:
+    """Find data problems before any compute is spent. Exit 1 on errors, 0 with warnings only."""
+    from runassist import config as config_lib
+    from runassist.assets import resolve_model
+    from runassist.data.checks import check_data as check
+    from runassist.tasks.hf import load_tokenizer
+
+    cfg = config_lib.load(config, overrides or [])
+    tokenizer = None
+    try:
+        tokenizer = load_tokenizer(resolve_model(cfg.model.source))
+    except Exception as exc:  # the data checks still run; only the max_length check needs a tokenizer
+        err.print(f"[yellow]warning[/]: no tokenizer ({exc}); skipping the max_length check")
+    report = check(cfg.task.name, cfg.data, cfg.model, tokenizer=tokenizer, multi_label=cfg.task.multi_label)
+    if as_json:
+        _json(report.to_dict())
+    else:
+        _print_report(report)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _print_report(report) -> None:
+    data = report.to_dict()
+    table = Table(title="splits")
+    keys = [k for k in ("examples", "tokens", "words", "labels", "truncated") if any(k in s for s in data["splits"].values())]
+    table.add_column("split")
+    for key in keys:
+        table.add_column(key)
+    for name, split in data["splits"].items():
+        cells = []
+        for key in keys:
+            value = split.get(key, "")
+            if isinstance(value, dict):
+                value = ", ".join(f"{k} {v}" for k, v in sorted(value.items(), key=lambda kv: -kv[1])[:8])
+            cells.append(str(value))
+        table.add_row(name, *cells)
+    out.print(table)
+    for line in data["warnings"]:
+        out.print(f"[yellow]warning[/] {line}", highlight=False)
+    for line in data["errors"]:
+        out.print(f"[red]error[/] {line}", highlight=False)
+    out.print(f"{len(data['errors'])} errors, {len(data['warnings'])} warnings")
+
+
+@app.command()
+def train(config: Optional[Path] = typer.Argument(None, help="YAML config (not needed with --resume)"),
+          overrides: Optional[list[str]] = typer.Argument(None, help="section.key=value ..."),
+          resume: Optional[Path] = typer.Option(None, "--resume", help="continue RUN exactly from its last checkpoint"),
+          quiet: bool = typer.Option(False, "--quiet", help="no progress bar (for logs)"),
+          no_report: bool = typer.Option(False, "--no-report", help="skip the HTML report")) -> None:
+    """Fine-tune: prepare data and model, add the task head, train with dev evaluation, test, save."""
+    from runassist import config as config_lib
+    from runassist.train.run import train as run_training
+
+    if resume is None and config is None:
+        raise RunassistError("give a CONFIG file, or --resume RUN")
+    if resume is not None and (config is not None or overrides):
+        raise RunassistError("--resume continues a run with its own saved config; to train on new data, "
+                             "start a new run with model.source=RUN/model")
+    cfg = config_lib.load(config, overrides or []) if resume is None else None
+    result = run_training(cfg, resume=resume, progress=not quiet)
+    if not _is_main_process():
+        return
+    summary = result.summary
+    if not no_report:
+        try:
+            from runassist.report import write_report
+        except ImportError:
+            write_report = None
+        if write_report is not None:
+            write_report(result.run)
+    test = summary.get("test") or {}
+    best = summary.get("best") or {}
+    err.print(f"stopped: {summary['stopped_because']}; best dev {best.get('metric')} = {_fmt(best.get('value'))} "
+              f"at step {best.get('step')}; test {best.get('metric')} = {_fmt(test.get(best.get('metric')))}; "
+              f"{summary['tokens_per_second']:,.0f} tokens/s")
+    print(result.run)
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") in ("0", "")
+
+
+@app.command()
+def evaluate(run: Path, data: Optional[str] = typer.Option(None, "--data", help="dev | test | a path | an alias"),
+             mode: Optional[str] = typer.Option(None, "--mode", help="ner: conlleval | strict"),
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Score a trained run; writes eval/<split>.json and its predictions into the run folder."""
+    from runassist.evaluate import evaluate as evaluate_run
+
+    if mode not in (None, "conlleval", "strict"):
+        raise RunassistError(f"--mode {mode!r}: choose one of conlleval, strict")
+    result = evaluate_run(run, data=data, mode=mode)
+    if as_json:
+        _json(result)
+        return
+    _print_scores(result["scores"], title=f"{run.name} on {result['data']}")
+    err.print(f"wrote {result['files']['scores']} and {result['files']['predictions']}")
+
+
+def _print_scores(scores: dict, *, title: str) -> None:
+    headline = Table(title=title)
+    flat = {k: v for k, v in scores.items() if isinstance(v, (int, float))}
+    for key in flat:
+        headline.add_column(key)
+    headline.add_row(*(_fmt(v) for v in flat.values()))
+    out.print(headline)
+    per = scores.get("per_type") or scores.get("per_class")
+    if per:
+        table = Table(title="per label")
+        cols = [c for c in ("precision", "recall", "f1", "support") if c in next(iter(per.values()))]
+        table.add_column("label")
+        for col in cols:
+            table.add_column(col, justify="right")
+        for label, row in per.items():
+            table.add_row(label, *(_fmt(row.get(c)) for c in cols))
+        out.print(table)
+    errors = scores.get("errors")
+    if errors:
+        out.print("errors: " + ", ".join(f"{k} {v}" for k, v in errors.items()))
+
+
+@app.command()
+def predict(run: Path, source: str = typer.Argument(..., metavar="INPUT", help="file, or - for stdin"),
+            output: Optional[str] = typer.Option(None, "-o", "--output", help="file (default: stdout)"),
+            fmt: str = typer.Option("auto", "--format", help="auto | conll | jsonl | csv"),
+            backend: str = typer.Option("torch", "--backend", help="torch | onnx"),
+            batch_size: int = typer.Option(64, "--batch-size")) -> None:
+    """Predict every item of INPUT (CoNLL, JSONL, CSV/TSV, or text with one document a line)."""
+    from runassist.predict import Predictor, predict_file
+
+    predictor = Predictor.from_run(run, backend=backend, batch_size=batch_size)
+    n = predict_file(predictor, source, output, fmt=fmt)
+    if output not in (None, "-"):
+        err.print(f"predicted {n} items -> {output}")
+
+
+@runs_app.callback()
+def runs_list(ctx: typer.Context, base: Path = typer.Option(Path("runs"), "--dir", help="parent folder of runs"),
+              task: Optional[str] = typer.Option(None, "--task", help="only runs of this task"),
+              sort: str = typer.Option("date", "--sort", help="date | name | task | status | dev | test"),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """List runs: name, task, model, status, headline metric, date."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from runassist.runs import list_runs
+
+    rows = list_runs(base, task=task, sort=sort)
+    if as_json:
+        _json(rows)
+        return
+    table = Table(title=f"runs in {base}")
+    for col in ("name", "task", "model", "status", "metric", "dev", "test", "date"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(_fmt(row[c]) for c in ("name", "task", "model", "status", "metric", "dev", "test", "date")))
+    out.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run: Path, as_json: bool = typer.Option(False, "--json")) -> None:
+    """A run's summary."""
+    from runassist.runs import read_json, require
+
+    summary = read_json(require(run, "summary.json") / "summary.json")
+    if as_json:
+        _json(summary)
+        return
+    table = Table(title=str(run), show_header=False)
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items() if not isinstance(v, dict))
+        table.add_row(key, _fmt(value) if not isinstance(value, str) else value)
+    out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except RunassistError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; a checkpoint was saved if training had started (resume with --resume RUN)")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

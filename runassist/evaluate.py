@@ -1,0 +1,42 @@
+"""evaluate(run, data=..., mode=...): score a trained run on a split and write eval/<split>.*"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runassist.errors import RunassistError
+from runassist.inference import split_name, write_eval
+from runassist.predict import Predictor
+
+
+def resolve_split(cfg: Any, data: str | None) -> str:
+    """`None` -> the run's test split; `dev`/`test`/`train` -> that split of the run's config;
+    anything else is an asset alias or a path."""
+    if data is None:
+        data = "test"
+    if data in ("train", "dev", "test"):
+        spec = getattr(cfg.data, data)
+        if not spec:
+            raise RunassistError(f"--data {data}: the run's config has no data.{data}; give a path or an alias")
+        return spec
+    return data
+
+
+def evaluate(run: str | Path, *, data: str | None = None, mode: str | None = None,
+             predictor: Predictor | None = None) -> dict[str, Any]:
+    predictor = predictor or Predictor.from_run(run)
+    spec = resolve_split(predictor.cfg, data)
+    task = predictor.task
+    if mode is not None:
+        if not hasattr(task.task_cfg, "scoring") or task.name != "ner":
+            raise RunassistError("--mode applies to NER runs only")
+        from runassist.tasks import TASKS
+
+        task = TASKS[task.name](task.task_cfg.model_copy(update={"scoring": mode}), task.data_cfg, task.model_cfg)
+    examples = task.read(spec)
+    predictions = predictor.predict_examples(examples)
+    scores = task.score(examples, predictions, predictor.state)
+    name = split_name(spec) + (f"-{mode}" if mode and mode != "conlleval" else "")
+    files = write_eval(predictor.run, name, task, examples, predictions, scores)
+    return {"split": name, "data": spec, "scores": scores, "files": files}

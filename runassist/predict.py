@@ -1,0 +1,208 @@
+"""Predictor.from_run(path).predict(inputs) -> JSON-ready predictions; batch prediction on files.
+
+The CLI's `predict`, `evaluate`, the HTTP service and the agent tools all go through this
+class, so a model answers the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from runassist import runs
+from runassist.errors import DataError, RunassistError
+from runassist.inference import predict_examples
+from runassist.tasks import make_task
+from runassist.tasks.base import TaskState
+
+BACKENDS = ("torch", "onnx")
+
+
+class Predictor:
+    def __init__(self, *, run: Path, task: Any, model: Any, tokenizer: Any, state: TaskState, cfg: Any,
+                 precision: str = "fp32", batch_size: int = 64, backend: str = "torch"):
+        self.run, self.task, self.model, self.tokenizer, self.state, self.cfg = run, task, model, tokenizer, state, cfg
+        self.batch_size, self.backend, self.precision = batch_size, backend, precision
+        self._autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else None
+
+    @classmethod
+    def from_run(cls, run: str | Path, *, backend: str = "torch", precision: str = "fp32",
+                 batch_size: int = 64, threads: int | None = None) -> "Predictor":
+        from runassist.tasks.hf import load_tokenizer, quiet_transformers
+
+        run = runs.require(Path(run), "config.yaml", "model/task.json")
+        if backend not in BACKENDS:
+            raise RunassistError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        if threads:
+            torch.set_num_threads(threads)
+        cfg = runs.load_config(run)
+        task = make_task(cfg)
+        saved = runs.read_json(run / "model" / "task.json")
+        state = TaskState(labels=saved["labels"], extras=saved.get("extras", {}))
+        tokenizer = load_tokenizer(str(run / "model"))
+        quiet_transformers()
+        if backend == "onnx":
+            from runassist.export import OnnxModel
+
+            model = OnnxModel.load(run)
+        elif saved.get("adapter"):
+            from peft import PeftModel
+
+            from runassist.assets import resolve_model
+
+            base = task.build_model(resolve_model(cfg.model.source), state)
+            model = PeftModel.from_pretrained(base, str(run / "model")).merge_and_unload()
+        else:
+            model = task.build_model(str(run / "model"), state)
+        if hasattr(model, "eval"):
+            model.eval()
+        return cls(run=run, task=task, model=model, tokenizer=tokenizer, state=state, cfg=cfg,
+                   precision=precision, batch_size=batch_size, backend=backend)
+
+    # -- predicting ---------------------------------------------------------
+    def examples(self, inputs: Sequence[Any]) -> list[Any]:
+        out = []
+        for i, item in enumerate(inputs):
+            try:
+                out.append(self.task.example_from_input(item))
+            except ValueError as exc:
+                raise ValueError(f"inputs[{i}]: {exc}") from None
+        return out
+
+    def predict_examples(self, examples: Sequence[Any]) -> list[Any]:
+        if not examples:
+            return []
+        return predict_examples(self.task, self.model, self.tokenizer, examples, self.state,
+                                batch_size=self.batch_size, autocast=self._autocast)
+
+    def predict(self, inputs: Sequence[Any]) -> list[dict[str, Any]]:
+        """Texts (or word lists for NER, or {"text", "text_pair"} for pairs) in, JSON-ready dicts out."""
+        examples = self.examples(inputs)
+        return [self.task.to_json(ex, p) for ex, p in zip(examples, self.predict_examples(examples))]
+
+    def info(self) -> dict[str, Any]:
+        summary = runs.read_json(self.run / "summary.json") if (self.run / "summary.json").exists() else {}
+        return {"run": self.run.name, "task": self.task.name, "labels": self.state.labels,
+                "base_model": self.cfg.model.source, "backend": self.backend,
+                "metrics": {"best": summary.get("best"), "dev": summary.get("dev"), "test": summary.get("test")}}
+
+
+# -- files ------------------------------------------------------------------
+
+def predict_file(predictor: Predictor, source: str, output: str | None = None, *, fmt: str = "auto") -> int:
+    """Predict every item of a file (or '-' for stdin) and write the results.
+
+    Input: a CoNLL or JSONL file the task reads (words kept as given), a CSV/TSV (the text
+    column from the run's config; every column is kept and prediction columns are added),
+    or plain text, one document a line. Output: CoNLL (`word [gold] pred`) or JSONL.
+    Returns the number of items predicted.
+    """
+    kind = _input_kind(source)
+    out_fmt = fmt if fmt != "auto" else ("conll" if kind == "conll" else "csv" if kind in ("csv", "tsv") else "jsonl")
+    if kind in ("csv", "tsv"):
+        rows, header = _read_table(source, kind)
+        column = predictor.cfg.data.text_column
+        if column not in header:
+            raise DataError(source, 1, f"no '{column}' column (data.text_column); columns: {', '.join(header)}")
+        examples = predictor.examples([r[column] for r in rows])
+    elif kind in ("conll", "jsonl"):
+        examples = predictor.task.read(source, require_labels=False)
+        rows = None
+    else:
+        lines = _read_lines(source)
+        examples = predictor.examples([line for line in lines])
+        rows = None
+    predictions = predictor.predict_examples(examples)
+    results = [predictor.task.to_json(ex, p) for ex, p in zip(examples, predictions)]
+    if out_fmt == "conll":
+        if not hasattr(predictions[0] if predictions else None, "tags"):
+            raise RunassistError("--format conll is for NER runs; use jsonl")
+        text = _conll_text(examples, predictions)
+    elif out_fmt == "csv":
+        text = _table_text(rows if rows is not None else [{"text": getattr(e, "text", "")} for e in examples],
+                           results, delimiter="\t" if kind == "tsv" else ",")
+    elif out_fmt == "jsonl":
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+    else:
+        raise RunassistError(f"--format {fmt!r}: choose one of auto, conll, jsonl, csv")
+    if output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        runs.atomic_write(Path(output), text)
+    return len(results)
+
+
+def _input_kind(source: str) -> str:
+    if source == "-":
+        return "lines"
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(source, None, "file not found")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix in (".csv", ".tsv"):
+        return suffix[1:]
+    if suffix in (".conll", ".bio", ".iob", ".iob2", ".bioes"):
+        return "conll"
+    return "conll" if _looks_like_conll(path) else "lines"
+
+
+def _looks_like_conll(path: Path) -> bool:
+    """A .txt file is CoNLL when its first non-blank lines are `token ... TAG` with a BIO-style tag."""
+    import re
+
+    tag = re.compile(r"^(O|[BIESUL]-\S+)$")
+    seen = 0
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            parts = line.split()
+            if not parts or parts[0] == "-DOCSTART-":
+                continue
+            if len(parts) < 2 or not tag.match(parts[-1]):
+                return False
+            seen += 1
+            if seen >= 20:
+                break
+    return seen > 0
+
+
+def _read_lines(source: str) -> list[str]:
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _read_table(source: str, kind: str) -> tuple[list[dict[str, str]], list[str]]:
+    with open(source, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t" if kind == "tsv" else ",")
+        rows = list(reader)
+        return rows, list(reader.fieldnames or [])
+
+
+def _conll_text(examples: Sequence[Any], predictions: Sequence[Any]) -> str:
+    blocks = []
+    for ex, pred in zip(examples, predictions):
+        gold = ex.tags
+        lines = [f"{w} {gold[i]} {t}" if gold else f"{w} {t}" for i, (w, t) in enumerate(zip(ex.tokens, pred.tags))]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _table_text(rows: Iterable[dict[str, Any]], results: Sequence[dict[str, Any]], *, delimiter: str) -> str:
+    merged = []
+    for row, result in zip(rows, results):
+        extra = {f"pred_{k}": (v if isinstance(v, (str, int, float)) else json.dumps(v, ensure_ascii=False))
+                 for k, v in result.items() if k not in ("tokens",)}
+        merged.append({**row, **extra})
+    buffer = io.StringIO()
+    if merged:
+        writer = csv.DictWriter(buffer, fieldnames=list(merged[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(merged)
+    return buffer.getvalue()
