@@ -98,7 +98,7 @@ def assets(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @app.command("check-data")
-def check_data(config: Path, overrides: Optional[list[str]] = typer.Argument(None),
+def check_data(config: Optional[Path] = typer.Argument(None), overrides: Optional[list[str]] = typer.Argument(None),
                as_json: bool = typer.Option(False, "--json")) -> None:
     """Find data problems before any compute is spent. Exit 1 on errors, 0 with warnings only."""
     from runassist import config as config_lib
@@ -106,7 +106,8 @@ def check_data(config: Path, overrides: Optional[list[str]] = typer.Argument(Non
     from runassist.data.checks import check_data as check
     from runassist.tasks.hf import load_tokenizer
 
-    cfg = config_lib.load(config, overrides or [])
+    config, overrides = _split_config(config, overrides)
+    cfg = config_lib.load(config, overrides)
     tokenizer = None
     try:
         tokenizer = load_tokenizer(resolve_model(cfg.model.source))
@@ -153,8 +154,9 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (not n
     from runassist import config as config_lib
     from runassist.train.run import train as run_training
 
-    if resume is None and config is None:
-        raise RunassistError("give a CONFIG file, or --resume RUN")
+    config, overrides = _split_config(config, overrides)
+    if resume is None and config is None and not overrides:
+        raise RunassistError("give a CONFIG file (runassist init ner -o cfg.yaml), or --resume RUN")
     if resume is not None and (config is not None or overrides):
         raise RunassistError("--resume continues a run with its own saved config; to train on new data, "
                              "start a new run with model.source=RUN/model")
@@ -176,6 +178,13 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (not n
               f"at step {best.get('step')}; test {best.get('metric')} = {_fmt(test.get(best.get('metric')))}; "
               f"{summary['tokens_per_second']:,.0f} tokens/s")
     print(result.run)
+
+
+def _split_config(config: Optional[Path], overrides: Optional[list[str]]) -> tuple[Optional[Path], list[str]]:
+    """`runassist train a.b=c ...` with no file: the first override lands in CONFIG; move it back."""
+    if config is not None and "=" in str(config) and not config.exists():
+        return None, [str(config), *(overrides or [])]
+    return config, list(overrides or [])
 
 
 def _is_main_process() -> bool:
@@ -273,6 +282,68 @@ def runs_show(run: Path, as_json: bool = typer.Option(False, "--json")) -> None:
             value = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items() if not isinstance(v, dict))
         table.add_row(key, _fmt(value) if not isinstance(value, str) else value)
     out.print(table)
+
+
+@runs_app.command("compare")
+def runs_compare(a: Path, b: Path, data: Optional[str] = typer.Option(None, "--data", help="dev | test | path | alias"),
+                 samples: int = typer.Option(1000, "--samples", help="bootstrap resamples"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Both runs on the same test data, per label and overall, with a paired bootstrap CI."""
+    from runassist.compare import compare_runs, render_comparison
+
+    result = compare_runs(a, b, data=data, n=samples)
+    if as_json:
+        _json(result)
+    else:
+        render_comparison(result, out)
+
+
+@app.command()
+def report(run: Path, output: Optional[Path] = typer.Option(None, "-o", "--output", help="default: RUN/report.html")) -> None:
+    """One self-contained HTML report (curves, scores, errors) plus PNGs in RUN/plots/."""
+    from runassist.report import write_report
+
+    path = write_report(run, output=output)
+    err.print(f"wrote {path}")
+
+
+@app.command()
+def export(run: Path, fmt: str = typer.Option("onnx", "--format", help="onnx"),
+           quantize: Optional[str] = typer.Option(None, "--quantize", help="int8"),
+           min_agreement: float = typer.Option(0.98, "--min-agreement", help="parity threshold on dev predictions"),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Export the model for fast CPU inference, with a parity check against torch on the dev split."""
+    from runassist.export import export as export_run
+
+    result = export_run(run, fmt=fmt, quantize=quantize, min_agreement=min_agreement)
+    if as_json:
+        _json(result)
+    else:
+        for key, value in result.items():
+            out.print(f"{key}: {value}")
+    if not result.get("passed", True):
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(run: Path, host: str = typer.Option("127.0.0.1", "--host", help="0.0.0.0 exposes it to the network"),
+          port: int = typer.Option(8000, "--port"), workers: int = typer.Option(1, "--workers"),
+          backend: str = typer.Option("torch", "--backend", help="torch | onnx"),
+          api_key: Optional[str] = typer.Option(None, "--api-key", envvar="RUNASSIST_API_KEY",
+                                                help="required in X-API-Key / Bearer on every route but /health"),
+          max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="micro-batch gathering window")) -> None:
+    """An HTTP service (and a page to try the model) for a trained run."""
+    from runassist.serve import serve as serve_run
+
+    serve_run(run, host=host, port=port, workers=workers, backend=backend, api_key=api_key, max_wait_ms=max_wait_ms)
+
+
+@app.command()
+def mcp(run: Path, backend: str = typer.Option("torch", "--backend")) -> None:
+    """An MCP server over stdio exposing the model as a tool for LLM agents."""
+    from runassist.agent import serve_mcp
+
+    serve_mcp(run, backend=backend)
 
 
 def main() -> None:

@@ -47,6 +47,17 @@ class Engine:
     def wait(self) -> None:
         self.accelerator.wait_for_everyone()
 
+    def replicas_in_sync(self, model: torch.nn.Module) -> bool | None:
+        """With several processes, check every rank ended with the same weights (DDP should guarantee
+        it; a silent divergence would make the saved model depend on the rank). None with one process."""
+        if self.world == 1:
+            return None
+        flat = torch.cat([p.detach().float().flatten() for p in self.unwrap(model).parameters()])
+        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64) / flat.numel()
+        checksum = torch.stack([flat.double().sum(), (flat.double() * weights).sum()]).to(self.device)
+        gathered = self.accelerator.gather(checksum[None])
+        return bool(torch.equal(gathered, gathered[:1].expand_as(gathered)))
+
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "processes": self.world, "precision": self.precision,
                 "distributed": str(self.accelerator.distributed_type)}

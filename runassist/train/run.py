@@ -186,8 +186,11 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
         test_scores = task.score(splits.test, predictions, state)
         if engine.is_main:
             write_eval(run, split_name(cfg.data.test), task, splits.test, predictions, test_scores)
+    in_sync = engine.replicas_in_sync(model)
+    if in_sync is False:
+        raise RunassistError("processes ended with different weights; the run is not trustworthy")
     summary = _write_summary(ctx, cfg, status="finished", stopped=stopped, frozen=frozen,
-                             n_train=len(train_features), test=test_scores)
+                             n_train=len(train_features), test=test_scores, replicas_in_sync=in_sync)
     engine.wait()
     return RunResult(run=run, summary=summary)
 
@@ -244,7 +247,7 @@ def _headline(scores: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _write_summary(ctx: TrainContext, cfg: Config, *, status: str, stopped: str, frozen: list[str], n_train: int,
-                   test: dict[str, Any] | None = None) -> dict[str, Any]:
+                   test: dict[str, Any] | None = None, replicas_in_sync: bool | None = None) -> dict[str, Any]:
     total = ctx.padded_tokens
     trainable = sum(p.numel() for p in ctx.bare.parameters() if p.requires_grad)
     params = sum(p.numel() for p in ctx.bare.parameters())
@@ -268,7 +271,7 @@ def _write_summary(ctx: TrainContext, cfg: Config, *, status: str, stopped: str,
         "parameters": params,
         "trainable_parameters": trainable,
         "frozen_parameters": len(frozen),
-        "engine": ctx.engine.describe(),
+        "engine": {**ctx.engine.describe(), "replicas_in_sync": replicas_in_sync},
         "threads": torch.get_num_threads(),
         "choices": {"optimizer": cfg.train.optimizer, "fused_optimizer": cfg.train.optimizer == "adamw",
                     "group_by_length": cfg.train.group_by_length, "compile": cfg.train.compile,

@@ -1,0 +1,84 @@
+"""Kill a real training process after a checkpoint, resume it, and get the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ner_overrides
+
+RUNASSIST = [sys.executable, "-m", "runassist.cli"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _cmd(files, model, out, name, **kw):
+    return [*RUNASSIST, "train", "--quiet", "--no-report",
+            *ner_overrides(files, model, out, **kw), f"output.name={name}"]
+
+
+SETTINGS = dict(epochs=20, max_steps=120, checkpoint_every=10, eval_every=40, log_every=10, dropout=0.1, lr="3e-3",
+                early_stopping="{patience: 5}")
+
+
+@pytest.mark.slow
+def test_kill_and_resume_matches_uninterrupted(ner_files, tiny_model, tmp_path):
+    out = tmp_path / "runs"
+    subprocess.run(_cmd(ner_files, tiny_model, out, "straight", **SETTINGS), check=True, env=ENV,
+                   capture_output=True, text=True)
+    # Same run, killed with SIGKILL (no chance to clean up) once a checkpoint past step 20 exists.
+    proc = subprocess.Popen(_cmd(ner_files, tiny_model, out, "killed", **SETTINGS), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "killed" / "checkpoints" / "last" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if json.loads(state.read_text())["position"]["step"] >= 20:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["position"]["step"]
+    assert killed_at < 120, "training finished before it could be killed; make it longer"
+    summary = json.loads((out / "killed" / "summary.json").read_text())
+    assert summary["status"] == "running"
+
+    done = subprocess.run([*RUNASSIST, "train", "--quiet", "--no-report", "--resume", str(out / "killed")],
+                          env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in ("model/model.safetensors", "checkpoints/last/model.safetensors"):
+        a = load_file(out / "straight" / name)
+        b = load_file(out / "killed" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-6, rtol=0), (name, key)
+    s1 = json.loads((out / "straight" / "summary.json").read_text())
+    s2 = json.loads((out / "killed" / "summary.json").read_text())
+    assert s2["status"] == "finished"
+    assert s1["best"] == s2["best"]
+    assert s1["test"] == pytest.approx(s2["test"])
+    # metrics.jsonl of the resumed run has each step once, like the uninterrupted one
+    steps1 = [(r["kind"], r["step"]) for r in map(json.loads, (out / "straight" / "metrics.jsonl").open())]
+    steps2 = [(r["kind"], r["step"]) for r in map(json.loads, (out / "killed" / "metrics.jsonl").open())]
+    assert steps1 == steps2
+
+
+def test_resume_refuses_new_config_and_missing_checkpoint(tmp_path):
+    done = subprocess.run([*RUNASSIST, "train", "x.yaml", "--resume", str(tmp_path)], env=ENV,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "model.source=RUN/model" in done.stderr
+    (tmp_path / "config.yaml").write_text("task: ner\n")
+    done = subprocess.run([*RUNASSIST, "train", "--resume", str(tmp_path)], env=ENV, capture_output=True, text=True)
+    assert done.returncode == 2 and "no checkpoint" in done.stderr
