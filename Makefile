@@ -41,3 +41,8 @@ demo-ner: setup
 
 clean:
 	rm -rf $(VENV) runs
+
+demo-classify: setup
+	run=$$($(BIN)/runassist train examples/classify-rotten-tomatoes.yaml --quiet) && \
+	printf '%s\n' "A warm, funny and beautifully acted film." "Two hours of my life I will never get back." \
+	  | $(BIN)/runassist predict $$run - && echo "run folder: $$run"
