@@ -31,14 +31,19 @@ class TaskConfig(_Section):
 class ModelConfig(_Section):
     source: str = "minilm"  # packaged asset name, a local model folder, or a hub name
     max_length: int = Field(128, ge=8, le=8192)  # sub-tokens per window, special tokens included
-    stride: int = Field(32, ge=0)  # NER: sub-tokens of overlap between windows of long sentences
+    stride: int | None = Field(None, ge=0)  # sub-tokens shared by neighbouring windows; None: max_length // 4
     long_text: Literal["truncate", "windows"] = "truncate"  # classify: cut the tail, or average windows
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "ModelConfig":
-        if self.stride >= self.max_length - 2:
-            raise ValueError(f"model.stride ({self.stride}) must be smaller than model.max_length - 2")
+        if self.stride is not None and self.stride >= self.max_length // 2:
+            raise ValueError(f"model.stride ({self.stride}) must be under half of model.max_length "
+                             f"({self.max_length}), or windows would barely advance")
         return self
+
+    @property
+    def window_stride(self) -> int:
+        return self.stride if self.stride is not None else self.max_length // 4
 
 
 class DataConfig(_Section):
@@ -175,7 +180,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     parts = key.strip().split(".")
     if parts[0] not in SECTIONS:
         raise ConfigError(f"override '{item}': unknown section '{parts[0]}'; valid sections: {', '.join(SECTIONS)}")
-    value = yaml.safe_load(text) if text.strip() else None
+    value = _parse_value(text)
     node = raw
     for part in parts[:-1]:
         child = node.get(part)
@@ -186,6 +191,21 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node[part] = child
         node = child
     node[parts[-1]] = value
+
+
+def _parse_value(text: str) -> Any:
+    """YAML for numbers, booleans, lists and mappings; the raw text when YAML would eat it
+    (`|` and `>` start block scalars, `a: b` would turn a path into a mapping by accident)."""
+    stripped = text.strip()
+    if not stripped:
+        return None
+    try:
+        value = yaml.safe_load(stripped)
+    except yaml.YAMLError:
+        return stripped
+    if value in (None, "") and stripped not in ("null", "~", "None", "''", '""'):
+        return stripped
+    return value
 
 
 def to_yaml(cfg: Config) -> str:

@@ -32,7 +32,7 @@ COMMENTS: dict[str, str] = {
     "model": "the pretrained model and how text is cut for it",
     "model.source": "minilm (packaged), a local model folder, a hub name, or runs/NAME/model to continue training",
     "model.max_length": "sub-tokens per window; longer inputs are windowed (ner) or cut (classify)",
-    "model.stride": "ner: sub-tokens shared by neighbouring windows, so every word has context",
+    "model.stride": "sub-tokens shared by neighbouring windows, so every word has context; empty: max_length // 4",
     "model.long_text": "classify: truncate (keep the head) | windows (average logits over windows)",
     "data": "where the examples are: a file path or a packaged alias (runassist assets)",
     "data.train": "training split: .conll/.txt (token TAG per line) or .jsonl for ner; .csv/.tsv/.jsonl for classify",

@@ -236,7 +236,7 @@ def _tokenizer_checks(
                 report.warnings.append(
                     f"{name}: {stats.over_max_length} of {stats.words} words fall past model.max_length="
                     f"{model.max_length} sub-tokens; they are only tagged through windows (model.stride="
-                    f"{model.stride}); a larger max_length sees more context"
+                    f"{model.window_stride}); a larger max_length sees more context"
                 )
             if missing:
                 report.warnings.append(

@@ -91,7 +91,7 @@ class ClassifyTask:
         """
         label2id = {label: i for i, label in enumerate(state.labels)}
         targets = [self._target(ex, label2id, state.labels) for ex in examples]
-        max_length, stride = self.model_cfg.max_length, self.model_cfg.stride
+        max_length, stride = self.model_cfg.max_length, self.model_cfg.window_stride
         windows = self.model_cfg.long_text == "windows"
         with_types = "token_type_ids" in tokenizer.model_input_names
         firsts = _ids(tokenizer, [ex.text for ex in examples])

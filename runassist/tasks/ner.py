@@ -71,7 +71,7 @@ class NerTask:
         label2id = {label: i for i, label in enumerate(state.labels)}
         prefix, suffix = special_tokens(tokenizer)
         room = self.model_cfg.max_length - len(prefix) - len(suffix)
-        step = max(1, room - self.model_cfg.stride)
+        step = max(1, room - self.model_cfg.window_stride)
         features: list[Feature] = []
         words = [list(ex.tokens) for ex in examples]
         encoded = tokenizer(words, is_split_into_words=True, add_special_tokens=False) if words else None
