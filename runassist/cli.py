@@ -166,12 +166,12 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (not n
         return
     summary = result.summary
     if not no_report:
+        from runassist.report import write_report
+
         try:
-            from runassist.report import write_report
-        except ImportError:
-            write_report = None
-        if write_report is not None:
-            write_report(result.run)
+            err.print(f"report: {write_report(result.run)}")
+        except Exception as exc:  # the run itself is complete and saved; a report failure must not hide that
+            err.print(f"[yellow]warning[/]: the report could not be written ({exc}); try `runassist report {result.run}`")
     test = summary.get("test") or {}
     best = summary.get("best") or {}
     err.print(f"stopped: {summary['stopped_because']}; best dev {best.get('metric')} = {_fmt(best.get('value'))} "

@@ -82,3 +82,27 @@ def test_resume_refuses_new_config_and_missing_checkpoint(tmp_path):
     (tmp_path / "config.yaml").write_text("task: ner\n")
     done = subprocess.run([*RUNASSIST, "train", "--resume", str(tmp_path)], env=ENV, capture_output=True, text=True)
     assert done.returncode == 2 and "no checkpoint" in done.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(ner_files, tiny_model, tmp_path):
+    out = tmp_path / "runs"
+    proc = subprocess.Popen(_cmd(ner_files, tiny_model, out, "int", **{**SETTINGS, "checkpoint_every": 1000}),
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = out / "int" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and metrics.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    summary = json.loads((out / "int" / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    state = json.loads((out / "int" / "checkpoints" / "last" / "state.json").read_text())
+    assert 0 < state["position"]["step"] < 120
+    done = subprocess.run([*RUNASSIST, "train", "--quiet", "--no-report", "--resume", str(out / "int")],
+                          env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "int" / "summary.json").read_text())["steps"] == 120
