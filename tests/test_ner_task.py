@@ -8,7 +8,8 @@ from transformers import AutoTokenizer
 from runassist.config import DataConfig, ModelConfig, TaskConfig
 from runassist.data.records import TokenExample
 from runassist.tasks.base import IGNORE_INDEX, TaskState
-from runassist.tasks.ner import NerTask, repair_iob2, spans
+from runassist.data.conll import spans_from_iob2
+from runassist.tasks.ner import NerTask, repair_iob2
 
 
 def _task(max_length=32, stride=8) -> NerTask:
@@ -73,7 +74,7 @@ def test_word_uses_the_window_with_most_context(tiny_model):
 def test_repair_and_spans():
     assert repair_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG"]) == [
         "B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-ORG"]
-    assert spans(["B-PER", "I-PER", "O", "B-LOC", "B-LOC"]) == [("PER", 0, 2), ("LOC", 3, 4), ("LOC", 4, 5)]
+    assert spans_from_iob2(["B-PER", "I-PER", "O", "B-LOC", "B-LOC"]) == [(0, 2, "PER"), (3, 4, "LOC"), (4, 5, "LOC")]
 
 
 def test_text_input_gives_character_offsets(tiny_model):

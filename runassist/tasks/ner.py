@@ -164,7 +164,9 @@ class NerTask:
 
     def to_json(self, example: TokenExample, prediction: TagPrediction) -> dict[str, Any]:
         entities = []
-        for label, start, end in spans(prediction.tags):
+        from runassist.data.conll import spans_from_iob2
+
+        for start, end, label in spans_from_iob2(prediction.tags):
             entity: dict[str, Any] = {
                 "label": label,
                 "text": " ".join(example.tokens[start:end]),
@@ -195,27 +197,9 @@ def repair_iob2(tags: Sequence[str]) -> list[str]:
     This is how conlleval reads such a tag anyway, so repairing never changes the
     conlleval score; it makes the output a valid file and the spans unambiguous.
     """
-    out: list[str] = []
-    prev = "O"
-    for tag in tags:
-        if tag.startswith("I-") and (prev == "O" or prev[2:] != tag[2:]):
-            tag = "B-" + tag[2:]
-        out.append(tag)
-        prev = tag
-    return out
+    from runassist.data.conll import to_iob2
 
-
-def spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
-    """Entities of a valid IOB2 sequence as (label, start word, end word exclusive)."""
-    found: list[tuple[str, int, int]] = []
-    start, label = None, None
-    for i, tag in enumerate(list(tags) + ["O"]):
-        if start is not None and not (tag.startswith("I-") and tag[2:] == label):
-            found.append((label, start, i))
-            start, label = None, None
-        if tag.startswith("B-"):
-            start, label = i, tag[2:]
-    return found
+    return to_iob2(tags, "iob2")
 
 
 def _first_subtokens(word_ids: Sequence[int | None]) -> dict[int, int]:
