@@ -1,0 +1,3 @@
+from runassist.cli import main
+
+main()
