@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test demo demo-ner demo-classify clean
+.PHONY: setup browser test demo demo-ner demo-classify clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,13 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
-test: setup
+# The browser test drives Debian's Chromium (Playwright must not download its own browser).
+# Best effort: without root or apt the browser test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium could not be installed: the browser test will be skipped"; }
+
+test: setup browser
 	$(BIN)/pytest -q
 
 demo: demo-ner

@@ -161,7 +161,11 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (not n
         raise RunassistError("--resume continues a run with its own saved config; to train on new data, "
                              "start a new run with model.source=RUN/model")
     cfg = config_lib.load(config, overrides or []) if resume is None else None
-    result = run_training(cfg, resume=resume, progress=not quiet)
+    try:
+        result = run_training(cfg, resume=resume, progress=not quiet)
+    except KeyboardInterrupt:
+        err.print("interrupted: a checkpoint was saved; continue with `runassist train --resume RUN`")
+        raise
     if not _is_main_process():
         return
     summary = result.summary
@@ -353,7 +357,7 @@ def main() -> None:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted; a checkpoint was saved if training had started (resume with --resume RUN)")
+        err.print("interrupted")
         sys.exit(130)
 
 

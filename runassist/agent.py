@@ -1,0 +1,238 @@
+"""The model as a tool for LLM agents: one definition, shared by the HTTP service and MCP.
+
+``tool_definition(predictor)`` builds the OpenAI-style function definition that
+``GET /v1/tools`` returns; ``runassist mcp RUN`` exposes the same name, description and
+input schema over MCP (stdio). The tool's arguments are exactly the body of
+``POST /v1/predict`` (``{"inputs": [...]}``), and ``check_inputs`` enforces the same
+limits on both, so an agent gets the same answer whichever way it calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+# The tool's contract: the service's defaults too (the server can change them).
+DEFAULT_MAX_INPUTS = 64  # inputs per call
+DEFAULT_MAX_CHARS = 10_000  # characters per input (a text, a word list's words, or text + text_pair)
+
+TOOL_NAMES = {"ner": "extract_entities", "classify": "classify_text"}
+
+
+class InputError(ValueError):
+    """An input the tool refuses; ``limit``/``value`` name the limit broken, if one was."""
+
+    def __init__(self, message: str, *, code: str = "invalid_input", limit: str | None = None,
+                 value: int | None = None):
+        super().__init__(message)
+        self.message, self.code, self.limit, self.value = message, code, limit, value
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.limit is not None:
+            out.update(limit=self.limit, value=self.value)
+        return out
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_inputs: int = DEFAULT_MAX_INPUTS
+    max_chars: int = DEFAULT_MAX_CHARS
+
+
+# -- the definition ---------------------------------------------------------
+
+def entity_types(labels: Sequence[str]) -> list[str]:
+    """``["O", "B-PER", "I-PER", "B-LOC"]`` -> ``["PER", "LOC"]`` (first-seen order)."""
+    types: dict[str, None] = {}
+    for label in labels:
+        if label != "O":
+            types[label.split("-", 1)[1] if len(label) > 2 and label[1] == "-" else label] = None
+    return list(types)
+
+
+def _item_schema(task: str, max_chars: int) -> dict[str, Any]:
+    text = {"type": "string", "maxLength": max_chars}
+    if task == "ner":
+        return {"anyOf": [{**text, "description": "a text; entities come back with character offsets"},
+                          {"type": "array", "items": {"type": "string"},
+                           "description": "a text already split into words"}]}
+    if task == "classify":
+        return {"anyOf": [{**text, "description": "a text"},
+                          {"type": "object", "description": "a text pair (e.g. premise and hypothesis)",
+                           "properties": {"text": text, "text_pair": text},
+                           "required": ["text"], "additionalProperties": False}]}
+    return {**text, "description": "a text"}
+
+
+def _description(info: dict[str, Any], *, multi_label: bool) -> str:
+    task, labels = info["task"], list(info["labels"])
+    about = f"(fine-tuned from {info.get('base_model')}, run {info.get('run')})"
+    if task == "ner":
+        return (f"Find named entities in texts {about}. Entity types: {', '.join(entity_types(labels))}. "
+                "Returns one prediction per input, in order: its entities, each with label, text, start/end "
+                "character offsets into the input (for a text) and word_start/word_end, and a score (0-1).")
+    if task == "classify":
+        kind = ("Assign zero or more of these labels to each text" if multi_label
+                else "Classify each text as one of these labels")
+        return (f"{kind} {about}: {', '.join(labels)}. Returns one prediction per input, in order: "
+                "labels (the chosen ones)" + ("" if multi_label else ", label") +
+                " and probs (every label's probability, highest first).")
+    return f"Run the {task} model {about} on texts. Labels: {', '.join(labels)}."
+
+
+def tool_definition(predictor: Any, *, limits: Limits = Limits()) -> dict[str, Any]:
+    """The OpenAI-style function definition of the model (``GET /v1/tools``, and MCP's tool)."""
+    info = predictor.info()
+    task = info["task"]
+    multi_label = bool(getattr(getattr(predictor, "task", None), "multi_label", False))
+    parameters = {
+        "type": "object",
+        "properties": {"inputs": {"type": "array", "minItems": 1, "maxItems": limits.max_inputs,
+                                  "items": _item_schema(task, limits.max_chars),
+                                  "description": f"1 to {limits.max_inputs} inputs, each at most "
+                                                 f"{limits.max_chars} characters"}},
+        "required": ["inputs"],
+        "additionalProperties": False,
+    }
+    return {"type": "function",
+            "function": {"name": TOOL_NAMES.get(task, "predict"),
+                         "description": _description(info, multi_label=multi_label),
+                         "parameters": parameters}}
+
+
+# -- checking a call --------------------------------------------------------
+
+def _chars(item: Any) -> int:
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, (list, tuple)):  # a word counts at least 1: a list of empty strings is not free
+        return sum(max(len(w), 1) for w in item if isinstance(w, str))
+    if isinstance(item, dict):
+        return sum(len(v) for v in item.values() if isinstance(v, str))
+    return 0
+
+
+def check_inputs(arguments: Any, predictor: Any, *, limits: Limits = Limits()) -> list[Any]:
+    """The tool's arguments (the request body) -> the predictor's examples, or InputError."""
+    if not isinstance(arguments, dict):
+        raise InputError('the body must be a JSON object: {"inputs": [...]}')
+    unknown = sorted(set(arguments) - {"inputs"})
+    if unknown:
+        raise InputError(f"unknown key(s) {', '.join(map(repr, unknown))}; the only key is 'inputs'")
+    if "inputs" not in arguments:
+        raise InputError("missing 'inputs': a list of texts")
+    inputs = arguments["inputs"]
+    if not isinstance(inputs, list):
+        raise InputError(f"'inputs' must be a list, not {_json_type(inputs)}")
+    if not inputs:
+        raise InputError("'inputs' is empty: give at least one input")
+    if len(inputs) > limits.max_inputs:
+        raise InputError(f"{len(inputs)} inputs; at most max_inputs={limits.max_inputs} per request",
+                         code="too_many_inputs", limit="max_inputs", value=limits.max_inputs)
+    for i, item in enumerate(inputs):
+        if _chars(item) > limits.max_chars:
+            raise InputError(f"inputs[{i}] has {_chars(item)} characters; at most max_chars={limits.max_chars}",
+                             code="input_too_long", limit="max_chars", value=limits.max_chars)
+    try:
+        return predictor.examples(inputs)
+    except ValueError as exc:  # "inputs[3]: each input must be a string or a list of strings"
+        raise InputError(str(exc)) from None
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", str: "a string", bool: "a boolean", int: "a number", float: "a number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def predict_json(predictor: Any, examples: Sequence[Any]) -> list[dict[str, Any]]:
+    """Examples -> JSON-ready predictions, in one predictor call."""
+    return [predictor.task.to_json(ex, p) for ex, p in zip(examples, predictor.predict_examples(examples))]
+
+
+# -- MCP over stdio ---------------------------------------------------------
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """While loading the model, anything written to stdout (Python or C level) goes to stderr:
+    in a stdio server stdout carries the protocol and nothing else."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def build_mcp_server(predictor: Any, *, limits: Limits = Limits()):
+    """A low-level MCP server whose one tool has exactly ``tool_definition``'s name, description and schema
+    (the decorator-based MCPServer would derive its own schema from a Python signature)."""
+    import anyio
+    import mcp_types as types
+    from mcp.server.lowlevel import Server
+
+    function = tool_definition(predictor, limits=limits)["function"]
+    tool = types.Tool(name=function["name"], description=function["description"],
+                      input_schema=function["parameters"])
+
+    async def list_tools(ctx, params) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[tool])
+
+    async def call_tool(ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
+        def failure(message: str) -> types.CallToolResult:
+            return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
+
+        if params.name != tool.name:
+            return failure(f"unknown tool {params.name!r}; this server has {tool.name!r}")
+        try:
+            examples = check_inputs(dict(params.arguments or {}), predictor, limits=limits)
+        except InputError as exc:
+            return failure(json.dumps({"error": exc.to_json()}))
+        # The model runs in a thread: the server keeps answering (pings, cancellations) meanwhile.
+        predictions = await anyio.to_thread.run_sync(predict_json, predictor, examples)
+        result = {"predictions": predictions}
+        text = json.dumps(result, ensure_ascii=False)
+        return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=result)
+
+    info = predictor.info()
+    return Server("runassist", version=_version(), instructions=f"{info['task']} model from run {info['run']}",
+                  on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("runassist")
+    except PackageNotFoundError:
+        return "0"
+
+
+def serve_mcp(run: str | Path, *, backend: str = "torch", threads: int = 1) -> None:
+    """``runassist mcp RUN``: the model as an MCP tool over stdio, until stdin closes.
+
+    An incomplete run folder raises RunassistError before anything is read from stdin.
+    """
+    import anyio
+    from mcp.server.stdio import stdio_server
+
+    from runassist.predict import Predictor
+
+    with _stdout_to_stderr():
+        predictor = Predictor.from_run(run, backend=backend, threads=threads)
+        server = build_mcp_server(predictor)
+
+    async def main() -> None:
+        async with stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+
+    anyio.run(main)

@@ -1,0 +1,368 @@
+"""The HTTP service: ``create_app(predictor, settings=...)`` -> a FastAPI app; ``serve(run, ...)`` runs it.
+
+Routes: ``POST /v1/predict``, ``GET /v1/model``, ``GET /v1/tools``, ``GET /metrics``,
+``GET /health``, and a page at ``/`` (with its files under ``/static``).
+
+No module-level state: the predictor, the micro-batcher and the metrics belong to the app
+(``app.state``). Requests are checked at the edge (body size, JSON, types, limits) and
+every error is a JSON object ``{"error": {"code", "message", ["limit", "value"]}}``; a
+client mistake is never a 500. The predictor runs in one worker thread behind the
+batcher (see batcher.py), and the lifespan drains the batcher on shutdown, so requests
+in flight when SIGTERM arrives still get their answers.
+"""
+
+from __future__ import annotations
+
+import gc
+import hmac
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from runassist.agent import DEFAULT_MAX_CHARS, DEFAULT_MAX_INPUTS, InputError, Limits, check_inputs, predict_json, \
+    tool_definition
+from runassist.errors import RunassistError
+from runassist.serve.batcher import Batcher, BatcherClosed
+from runassist.serve.metrics import CONTENT_TYPE, Metrics
+
+STATIC = Path(__file__).resolve().parent / "static"
+ENV_RUN = "RUNASSIST_SERVE_RUN"  # the run folder, for app_from_env (uvicorn --workers N)
+ENV_OPTIONS = "RUNASSIST_SERVE_OPTIONS"  # JSON: backend, threads and ServeSettings fields except api_key
+ENV_API_KEY = "RUNASSIST_API_KEY"
+ROUTES = ("/", "/health", "/metrics", "/v1/model", "/v1/predict", "/v1/tools")
+PUBLIC = ("/", "/health", "/favicon.ico")  # plus /static/*: the page holds no model data and asks for the key
+
+log = logging.getLogger("runassist.serve")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    api_key: str | None = None  # required on every route but /health and the page (X-API-Key or Bearer)
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others to join
+    max_batch_size: int = 64  # inputs per predictor call (a request is never split)
+    max_body_bytes: int = 1_000_000  # 413 above this
+    max_inputs: int = DEFAULT_MAX_INPUTS  # inputs per request (422 above)
+    max_chars: int = DEFAULT_MAX_CHARS  # characters per input (422 above)
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_body_bytes", "max_inputs", "max_chars"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise RunassistError(f"{name} = {getattr(self, name)!r}: give a whole number of 1 or more")
+        if not self.max_wait_ms >= 0:
+            raise RunassistError(f"max_wait_ms = {self.max_wait_ms!r}: give 0 or more (milliseconds)")
+        if self.api_key is not None and not self.api_key.strip():
+            raise RunassistError("the API key is empty; leave it unset to serve without one")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_inputs=self.max_inputs, max_chars=self.max_chars)
+
+    def public(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "api_key"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, *, limit: str | None = None, value: Any = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.limit, self.value = status, code, message, limit, value
+
+
+def error_response(status: int, code: str, message: str, *, limit: str | None = None, value: Any = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if limit is not None:
+        error.update(limit=limit, value=value)
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+# -- the app ----------------------------------------------------------------
+
+def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> FastAPI:
+    """An ASGI app serving ``predictor`` (anything with ``examples``, ``predict_examples``, ``info``
+    and ``task.to_json``, as ``runassist.predict.Predictor`` has)."""
+    info = predictor.info()
+    tool = tool_definition(predictor, limits=settings.limits)
+    metrics = Metrics()
+    batcher = Batcher(lambda examples: predict_json(predictor, examples), max_batch_size=settings.max_batch_size,
+                      max_wait_ms=settings.max_wait_ms, on_batch=metrics.observe_batch)
+    metrics.queue.read = lambda: batcher.queued_items
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.aclose()  # answers every request still queued, then stops the worker thread
+
+    app = FastAPI(title="runassist", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.predictor, app.state.settings = predictor, settings
+    app.state.batcher, app.state.metrics = batcher, metrics
+
+    # -- errors: always JSON, always counted --------------------------------
+    def fail(status: int, code: str, message: str, **kw: Any) -> JSONResponse:
+        metrics.error(code)
+        return error_response(status, code, message, **kw)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return fail(exc.status, exc.code, exc.message, limit=exc.limit, value=exc.value)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = f"no route {request.method} {request.url.path}; routes: {', '.join(ROUTES)}" \
+            if exc.status_code in (404, 405) else str(exc.detail)
+        return fail(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return fail(422, "invalid_input", "; ".join(str(e.get("msg")) for e in exc.errors()))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return fail(500, "internal", f"internal error ({type(exc).__name__}); the server log has the details")
+
+    # -- auth and metrics: one ASGI layer around every request -----------------
+    app.add_middleware(_Edge, settings=settings, metrics=metrics, fail=fail)
+
+    # -- routes -------------------------------------------------------------
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if batcher.closing:  # tell load balancers to stop sending work here
+            return JSONResponse({"status": "shutting_down", "auth_required": settings.api_key is not None},
+                                status_code=503)
+        return JSONResponse({"status": "ok", "auth_required": settings.api_key is not None})
+
+    @app.get("/v1/model")
+    async def model() -> JSONResponse:
+        return JSONResponse({**info, "limits": settings.public(), "tool": tool["function"]["name"]})
+
+    @app.get("/v1/tools")
+    async def tools() -> JSONResponse:
+        return JSONResponse(tool)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/v1/predict")
+    async def predict(request: Request) -> JSONResponse:
+        body = await _read_body(request, settings.max_body_bytes)
+        try:
+            data = json.loads(body)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise ApiError(400, "bad_json", f"the body is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise ApiError(400, "bad_json", "the body's JSON is nested too deeply") from None
+        try:
+            examples = check_inputs(data, predictor, limits=settings.limits)
+        except InputError as exc:
+            raise ApiError(422, exc.code, exc.message, limit=exc.limit, value=exc.value) from None
+        try:
+            predictions = await batcher.submit(examples)
+        except BatcherClosed:
+            raise ApiError(503, "shutting_down", "the server is shutting down; retry on another instance") from None
+        except Exception as exc:  # the model failed on this request: logged here, answered as JSON
+            log.exception("prediction failed")
+            raise ApiError(500, "internal", f"prediction failed ({type(exc).__name__}: {exc})") from None
+        return JSONResponse({"predictions": predictions})
+
+    @app.get("/")
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a number")
+        if int(declared) > limit:
+            raise ApiError(413, "body_too_large", f"the body has {declared} bytes; at most max_body_bytes={limit}",
+                           limit="max_body_bytes", value=limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():  # chunked bodies have no Content-Length: count as they come
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"the body is larger than max_body_bytes={limit}",
+                           limit="max_body_bytes", value=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _Edge:
+    """Pure ASGI middleware: the API key check (every route but /health and the page) and
+    the request count / latency metrics, labelled by route (never by raw path: bounded)."""
+
+    def __init__(self, app, *, settings: ServeSettings, metrics: Metrics, fail):
+        self.app, self.settings, self.metrics, self.fail = app, settings, metrics, fail
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path = scope.get("path", "")
+        route = path if path in ROUTES else "/static" if path.startswith("/static/") else "other"
+        status = 500
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        predicting = route == "/v1/predict"
+        self.metrics.predicting += predicting
+        try:
+            if self._authorised(scope, path):
+                await self.app(scope, receive, send_status)
+            else:
+                response = self.fail(401, "unauthorized", "missing or wrong API key: send it as 'X-API-Key: KEY' "
+                                     "or 'Authorization: Bearer KEY'", headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send_status)
+        finally:
+            self.metrics.predicting -= predicting
+            self.metrics.observe_request(route, scope.get("method", ""), status, time.perf_counter() - started)
+
+    def _authorised(self, scope, path: str) -> bool:
+        key = self.settings.api_key
+        if key is None or path in PUBLIC or path.startswith("/static/"):
+            return True
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        given = headers.get("x-api-key")
+        if given is None:
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            given = token.strip() if scheme.lower() == "bearer" else None
+        return given is not None and hmac.compare_digest(given.encode(), key.encode())
+
+
+# -- running it ---------------------------------------------------------------
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn workers (``runassist.serve.app:app_from_env``, factory=True): each worker
+    process loads the run named by RUNASSIST_SERVE_RUN with RUNASSIST_SERVE_OPTIONS."""
+    from runassist.predict import Predictor
+
+    run = os.environ.get(ENV_RUN)
+    if not run:
+        raise RunassistError(f"{ENV_RUN} is not set: it names the run folder to serve")
+    options = json.loads(os.environ.get(ENV_OPTIONS) or "{}")
+    backend, threads = options.pop("backend", "torch"), options.pop("threads", 1)
+    known = {f.name for f in fields(ServeSettings)} - {"api_key"}
+    unknown = set(options) - known
+    if unknown:
+        raise RunassistError(f"{ENV_OPTIONS}: unknown key(s) {', '.join(sorted(unknown))}; known: "
+                             f"backend, threads, {', '.join(sorted(known))}")
+    settings = ServeSettings(api_key=os.environ.get(ENV_API_KEY) or None, **options)
+    app = create_app(Predictor.from_run(run, backend=backend, threads=threads), settings=settings)
+    _freeze_heap()
+    return app
+
+
+def _freeze_heap() -> None:
+    """Exempt what is loaded at start (torch, transformers, the model: millions of objects) from the
+    garbage collector's full passes; without this, one pass under load stalled every request in
+    flight for ~0.4 s (the p99 of bench/serve.py at 32 clients)."""
+    gc.collect()
+    gc.freeze()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only for such sockets; without
+    # it a response written in two parts (headers, body) waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise RunassistError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host")
+    return sock
+
+
+@contextmanager
+def _exit_quietly_after_shutdown():
+    """uvicorn shuts down gracefully on SIGTERM/SIGINT, restores the handlers it found, then raises
+    the signal again; with the default handlers the process would die by that signal (exit -15)
+    or raise KeyboardInterrupt after a clean shutdown. No-op handlers while serving make a
+    finished graceful shutdown exit 0 (in the main thread only: signals live there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = (signal.SIGINT, signal.SIGTERM)
+    saved = {sig: signal.signal(sig, lambda *_: None) for sig in caught}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, backend: str = "torch",
+          api_key: str | None = None, max_wait_ms: float = 5.0, threads: int = 1,
+          settings: ServeSettings | None = None, log_level: str = "info") -> None:
+    """``runassist serve RUN``: load the run (a RunassistError if its folder is incomplete), then serve
+    until SIGINT/SIGTERM, finishing the requests in flight. One torch thread per worker process:
+    scale with --workers."""
+    import uvicorn
+
+    from runassist.predict import BACKENDS, Predictor
+    from runassist.runs import require
+
+    settings = settings or ServeSettings(api_key=api_key or None, max_wait_ms=max_wait_ms)
+    if workers < 1:
+        raise RunassistError(f"--workers {workers}: give 1 or more")
+    if settings.api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: --host {host} exposes the model to the network without an API key "
+              f"(--api-key or {ENV_API_KEY})", file=sys.stderr)
+    common = dict(log_level=log_level, timeout_graceful_shutdown=30, lifespan="on")
+    if workers == 1:
+        predictor = Predictor.from_run(run, backend=backend, threads=threads)
+        app = create_app(predictor, settings=settings)
+        _freeze_heap()
+        sock = _bind(host, port)
+        with _exit_quietly_after_shutdown():
+            uvicorn.Server(uvicorn.Config(app, host=host, port=port, **common)).run(sockets=[sock])
+        return
+    # Several processes: uvicorn imports the app in each worker, so it gets an import string and
+    # the settings travel in the environment. Check the run here so a bad folder fails once, at start.
+    require(Path(run), "config.yaml", "model/task.json")
+    if backend not in BACKENDS:
+        raise RunassistError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    os.environ[ENV_RUN] = str(Path(run).resolve())
+    os.environ[ENV_OPTIONS] = json.dumps({"backend": backend, "threads": threads, **settings.public()})
+    if settings.api_key is not None:
+        os.environ[ENV_API_KEY] = settings.api_key
+    else:
+        os.environ.pop(ENV_API_KEY, None)
+    # What uvicorn.run(..., workers=N) does, with our own listening socket (see _bind: TCP_NODELAY).
+    from uvicorn.supervisors import Multiprocess
+
+    sock = _bind(host, port)
+    sock.set_inheritable(True)
+    config = uvicorn.Config("runassist.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                            **common)
+    print(f"serving {Path(run).name} on http://{host}:{port} with {workers} worker processes", file=sys.stderr)
+    Multiprocess(config, sockets=[sock]).run()

@@ -1,0 +1,187 @@
+// The try-it page: plain JS, no build step, no external URLs. Everything the user typed is
+// put in the page with textContent (never innerHTML), so the text cannot inject markup.
+"use strict";
+
+const PALETTE = ["#7aecec", "#bfeeb7", "#feca74", "#ff9561", "#aa9cfc", "#c887fb", "#9cc9cc", "#ffeb80",
+                 "#ff8197", "#f0d0ff", "#e4e7d2", "#bfe1d9", "#e2b4a6", "#c5d1f7"];
+const $ = (id) => document.getElementById(id);
+const state = { info: null, types: [], key: sessionStorage.getItem("runassist-api-key") || "" };
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "style") node.style.cssText = v;
+    else node.setAttribute(k, v);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  if (state.key) h["X-API-Key"] = state.key;
+  return h;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: headers() });
+  let body = null;
+  try { body = await response.json(); } catch (e) { /* not JSON */ }
+  if (!response.ok) {
+    if (response.status === 401) $("auth").hidden = false;
+    const message = body && body.error ? body.error.message : `HTTP ${response.status}`;
+    throw new Error(message);
+  }
+  return body;
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+// "B-PER" -> "PER"; the types keep the model's label order, so a type's colour never changes.
+function entityTypes(labels) {
+  const types = [];
+  for (const label of labels) {
+    if (label === "O") continue;
+    const type = /^[BIESLU]-/.test(label) ? label.slice(2) : label;
+    if (!types.includes(type)) types.push(type);
+  }
+  return types;
+}
+
+function colour(type) {
+  const i = state.types.indexOf(type);
+  return PALETTE[(i < 0 ? state.types.length : i) % PALETTE.length];
+}
+
+function fmt(v) {
+  return typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toFixed(4)) : String(v);
+}
+
+function renderInfo(info) {
+  state.info = info;
+  state.types = info.task === "ner" ? entityTypes(info.labels) : [];
+  $("model-name").textContent = info.run;
+  $("model-about").textContent = `${info.task} model fine-tuned from ${info.base_model} (backend ${info.backend})`;
+  const table = $("metrics-table");
+  table.replaceChildren();
+  const metrics = info.metrics || {};
+  const rows = ["dev", "test"].filter((s) => metrics[s]);
+  const cols = [];
+  for (const s of rows) {
+    for (const [k, v] of Object.entries(metrics[s])) if (typeof v === "number" && !cols.includes(k)) cols.push(k);
+  }
+  if (rows.length) {
+    table.append(el("tr", {}, el("th", {}, "split"), ...cols.map((c) => el("th", {}, c))));
+    for (const s of rows) {
+      table.append(el("tr", { "data-split": s }, el("td", {}, s),
+                      ...cols.map((c) => el("td", {}, c in metrics[s] ? fmt(metrics[s][c]) : "-"))));
+    }
+  } else {
+    table.append(el("tr", {}, el("td", {}, "no metrics in this run's summary.json")));
+  }
+  const best = metrics.best;
+  const labels = info.task === "ner" ? `entity types: ${state.types.join(", ")}` : `labels: ${info.labels.join(", ")}`;
+  $("labels").textContent = labels + (best ? ` · best dev ${best.metric} ${fmt(best.value)} at step ${best.step}` : "");
+}
+
+function renderLegend(found) {
+  const legend = $("legend");
+  legend.replaceChildren();
+  for (const type of state.types) {
+    legend.append(el("span", { class: "legend-item" + (found.has(type) ? "" : " absent"), "data-label": type,
+                               style: `--ent-color: ${colour(type)}` }, type));
+  }
+}
+
+function renderEntities(text, prediction) {
+  // Offsets count Unicode code points (Python str indices); JS strings count UTF-16 units.
+  const chars = Array.from(text);
+  const out = $("result");
+  out.replaceChildren();
+  const entities = (prediction.entities || []).filter((e) => Number.isInteger(e.start))
+    .sort((a, b) => a.start - b.start);
+  let at = 0;
+  for (const e of entities) {
+    if (e.start < at) continue;
+    out.append(chars.slice(at, e.start).join(""));
+    const mark = el("mark", { class: `entity entity-${e.label}`, "data-label": e.label,
+                              title: `${e.label} (score ${fmt(e.score)})`, style: `--ent-color: ${colour(e.label)}` },
+                    chars.slice(e.start, e.end).join(""), el("span", { class: "entity-label" }, e.label));
+    out.append(mark);
+    at = e.end;
+  }
+  out.append(chars.slice(at).join(""));
+  if (!entities.length) out.append(el("div", { class: "none" }, "no entities found"));
+  renderLegend(new Set(entities.map((e) => e.label)));
+}
+
+function renderProbs(prediction) {
+  $("legend").replaceChildren();
+  const chosen = new Set(prediction.labels || []);
+  const grid = el("div", { class: "probs" });
+  for (const [label, p] of Object.entries(prediction.probs || {})) {
+    const pct = Math.max(0, Math.min(100, p * 100));
+    grid.append(el("div", { class: "prob-row" + (chosen.has(label) ? " chosen" : ""), "data-label": label },
+                   el("span", { class: "prob-label" }, label),
+                   el("div", { class: "prob-bar" }, el("div", { class: "prob-fill", style: `width: ${pct}%` })),
+                   el("span", { class: "prob-value" }, pct.toFixed(1) + "%")));
+  }
+  $("result").replaceChildren(grid);
+}
+
+async function predict() {
+  const text = $("input").value;
+  if (!text.trim()) { showError("type some text first"); return; }
+  showError("");
+  $("submit").disabled = true;
+  $("status").textContent = "predicting…";
+  const started = performance.now();
+  try {
+    const body = await api("v1/predict", { method: "POST", body: JSON.stringify({ inputs: [text] }) });
+    const prediction = body.predictions[0];
+    if (state.info && state.info.task === "ner") renderEntities(text, prediction);
+    else renderProbs(prediction);
+    $("raw").textContent = JSON.stringify(prediction, null, 2);
+    $("output").hidden = false;
+    $("status").textContent = `${Math.round(performance.now() - started)} ms`;
+  } catch (e) {
+    showError(e.message);
+    $("status").textContent = "";
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
+async function loadInfo() {
+  try {
+    renderInfo(await api("v1/model"));
+    showError("");
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+async function main() {
+  $("api-key").value = state.key;
+  $("api-key").addEventListener("change", (ev) => {
+    state.key = ev.target.value.trim();
+    sessionStorage.setItem("runassist-api-key", state.key);
+    loadInfo();
+  });
+  $("submit").addEventListener("click", predict);
+  $("input").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) predict();
+  });
+  try {
+    const health = await api("health");
+    $("auth").hidden = !health.auth_required;
+  } catch (e) { /* the next call reports the problem */ }
+  await loadInfo();
+  document.body.dataset.ready = "1";
+}
+
+main();

@@ -1,0 +1,105 @@
+"""The page at / in headless Chromium: NER highlighting with a legend, class bars, the API key field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runassist.serve import ServeSettings, create_app
+from serve_fixtures import StubPredictor, ThreadedServer, tiny_run  # noqa: F401  (tiny_run is a fixture)
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                 reason=f"no {CHROMIUM}: install it with `apt-get install -y chromium`")]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield browser
+        browser.close()
+
+
+def _open(browser, url: str):
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("requestfailed", lambda req: errors.append(f"request failed: {req.url}"))
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready='1']", timeout=15_000)
+    return page, errors
+
+
+def test_ner_entities_are_highlighted_with_a_legend(browser, tiny_run):  # noqa: F811
+    from runassist.predict import Predictor
+
+    predictor = Predictor.from_run(tiny_run.run)
+    text = tiny_run.tagged[0]
+    expected = predictor.predict([text])[0]["entities"]
+    with ThreadedServer(create_app(predictor, settings=ServeSettings(max_wait_ms=1))) as server:
+        page, errors = _open(browser, server.url)
+        assert page.locator("#auth").is_hidden()  # no API key on this server
+        assert page.locator("#model-name").inner_text() == tiny_run.run.name
+        assert page.locator("#metrics-table tr[data-split='dev']").count() == 1  # the run's metrics
+        page.fill("#input", text)
+        page.click("#submit")
+        page.wait_for_selector("#result mark.entity", timeout=15_000)
+
+        marks = page.locator("#result mark.entity")
+        assert marks.count() == len(expected)
+        for i, entity in enumerate(expected):
+            mark = marks.nth(i)
+            assert mark.get_attribute("data-label") == entity["label"]
+            assert f"entity-{entity['label']}" in mark.get_attribute("class")
+            assert mark.inner_text().startswith(entity["text"])  # the span's own text, then its label
+            assert mark.locator(".entity-label").inner_text().upper() == entity["label"]
+        # the text around the entities is kept as typed: without the label tags, the result reads as the input
+        assert page.locator("#result").evaluate(
+            "el => { const c = el.cloneNode(true); c.querySelectorAll('.entity-label').forEach(x => x.remove());"
+            " return c.textContent; }") == text
+        legend = page.locator("#legend .legend-item")
+        assert sorted(legend.all_inner_texts()) == ["LOC", "ORG", "PER"]
+        found = {e["label"] for e in expected}
+        for label in ("LOC", "ORG", "PER"):
+            item = page.locator(f"#legend .legend-item[data-label='{label}']")
+            assert ("absent" in item.get_attribute("class")) == (label not in found)
+        # one colour per type, the same in the text and the legend
+        colour = marks.first.evaluate("el => getComputedStyle(el).backgroundColor")
+        first = expected[0]["label"]
+        assert page.locator(f"#legend .legend-item[data-label='{first}']").evaluate(
+            "el => getComputedStyle(el).backgroundColor") == colour
+        assert not errors, errors
+        page.close()
+
+
+def test_classes_as_bars_and_the_api_key_field(browser):
+    stub = StubPredictor()
+    with ThreadedServer(create_app(stub, settings=ServeSettings(api_key="s3cret", max_wait_ms=1))) as server:
+        page, errors = _open(browser, server.url)
+        assert page.locator("#auth").is_visible()  # the server wants a key: the page asks for it
+        assert "API key" in page.locator("#error").inner_text()  # /v1/model was refused without it
+        page.fill("#api-key", "s3cret")
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_selector("#metrics-table tr[data-split='dev']", timeout=15_000)
+        text = "a rather long text about a good film"
+        page.fill("#input", text)
+        page.click("#submit")
+        page.wait_for_selector("#result .prob-row", timeout=15_000)
+        rows = page.locator("#result .prob-row")
+        assert rows.count() == 2
+        chosen = page.locator("#result .prob-row.chosen")
+        assert chosen.get_attribute("data-label") == "negative"  # the stub: p(positive) = len(text) / 100
+        assert page.locator("#result .prob-row[data-label='positive'] .prob-value").inner_text() == "36.0%"
+        width = page.locator("#result .prob-row[data-label='negative'] .prob-fill").evaluate("el => el.style.width")
+        assert width == "64%"
+        assert page.locator("#error").is_hidden()
+        assert stub.calls == [[text]]
+        assert not [e for e in errors if "401" not in e], errors
+        page.close()
