@@ -84,6 +84,7 @@ def test_chinese_characters_with_a_char_level_model(tiny_model, tmp_path):
                              *_common(tiny_model, tmp_path), "train.epochs=8", "train.lr=3e-3"])
     result = train(cfg, progress=False)
     assert result.summary["test"]["accuracy"] >= 0.9, result.summary["test"]
+    assert result.summary["inputs"]["examples"] == 96 and result.summary["inputs"]["examples_cut"] == 0
     out = tmp_path / "pred.csv"
     n = predict_file(Predictor.from_run(result.run), str(files["test"]), str(out))
     got = list(csv.DictReader(out.open(encoding="utf-8")))

@@ -139,6 +139,12 @@ class ClassifyTask:
                             "set task.multi_label: true for multi-label data")
         return label2id[ex.labels[0]]
 
+    def feature_stats(self, features: Sequence[Feature]) -> dict[str, int]:
+        examples = {f.example for f in features}
+        cut = {f.example for f in features if f.meta and f.meta.get("truncated")}
+        return {"examples": len(examples), "features": len(features), "examples_cut": len(cut),
+                "examples_windowed": len({f.example for f in features if f.meta and f.meta.get("windows", 1) > 1})}
+
     def collate(self, features: Sequence[Feature], pad_id: int) -> dict[str, torch.Tensor]:
         batch = pad_inputs(features, pad_id)
         if all(f.target is not None for f in features):

@@ -106,6 +106,14 @@ class NerTask:
                     break
         return features
 
+    def feature_stats(self, features: Sequence[Feature]) -> dict[str, int]:
+        per_example: dict[int, int] = {}
+        for f in features:
+            per_example[f.example] = per_example.get(f.example, 0) + 1
+        # Windows cut nothing: every word is predicted from some window. Say how many needed them.
+        return {"examples": len(per_example), "features": len(features), "examples_cut": 0,
+                "examples_windowed": sum(1 for n in per_example.values() if n > 1)}
+
     def collate(self, features: Sequence[Feature], pad_id: int) -> dict[str, torch.Tensor]:
         batch = pad_inputs(features, pad_id)
         if features[0].target is not None:

@@ -41,6 +41,7 @@ class TrainContext:
     tokens: int = 0
     padded_tokens: int = 0
     best_state: dict[str, torch.Tensor] | None = None
+    train_features: list[Any] | None = None
 
     @property
     def bare(self) -> torch.nn.Module:

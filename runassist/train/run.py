@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from runassist import runs
+from runassist.cache import cached_encode
 from runassist.config import Config
 from runassist.errors import DataError, RunassistError
 from runassist.inference import predict_examples, split_name, write_eval
@@ -86,8 +87,10 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
         runs.write_json(run / "labels.json", {"task": task.name, "labels": state.labels})
         runs.write_json(run / "summary.json", {"task": task.name, "model": cfg.model.source, "status": "running"})
 
-    train_features = task.encode(splits.train, tokenizer, state)
-    dev_features = task.encode(splits.dev, tokenizer, state) if splits.dev else None
+    # Tokenised once per (data, tokenizer, settings) and shared by every run under output.dir.
+    cache_dir = Path(cfg.output.dir) / ".cache"
+    train_features = cached_encode(task, splits.train, tokenizer, state, cache_dir=cache_dir)
+    dev_features = cached_encode(task, splits.dev, tokenizer, state, cache_dir=cache_dir) if splits.dev else None
     if not train_features:
         raise DataError(cfg.data.train, None, "no training examples")
 
@@ -112,7 +115,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     ctx = TrainContext(run=run, engine=engine, model=model, optimizer=optimizer, scheduler=scheduler,
                        tokenizer=tokenizer, task=task, state=state, metric=metric,
                        mode=es.mode if es else "max", total_steps=schedule.total_steps,
-                       merge_lora=tc.lora.merge if tc.lora else True)
+                       merge_lora=tc.lora.merge if tc.lora else True, train_features=train_features)
     start = Position()
     if resume is not None:
         start, saved = checkpoint.load(found, model=ctx.bare, optimizer=optimizer, scheduler=scheduler)
@@ -263,6 +266,7 @@ def _write_summary(ctx: TrainContext, cfg: Config, *, status: str, stopped: str,
         "steps": ctx.scheduler.last_epoch if hasattr(ctx.scheduler, "last_epoch") else None,
         "total_steps": ctx.total_steps,
         "train_examples": n_train,
+        "inputs": ctx.task.feature_stats(ctx.train_features) if ctx.train_features else None,
         "train_seconds": round(ctx.train_seconds, 2),
         "tokens": ctx.tokens,
         "tokens_per_second": round(ctx.tokens / max(ctx.train_seconds, 1e-9), 1),
