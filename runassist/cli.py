@@ -239,11 +239,12 @@ def predict(run: Path, source: str = typer.Argument(..., metavar="INPUT", help="
             output: Optional[str] = typer.Option(None, "-o", "--output", help="file (default: stdout)"),
             fmt: str = typer.Option("auto", "--format", help="auto | conll | jsonl | csv"),
             backend: str = typer.Option("torch", "--backend", help="torch | onnx"),
+            precision: str = typer.Option("auto", "--precision", help="auto (as trained) | fp32 | bf16"),
             batch_size: int = typer.Option(64, "--batch-size")) -> None:
     """Predict every item of INPUT (CoNLL, JSONL, CSV/TSV, or text with one document a line)."""
     from runassist.predict import Predictor, predict_file
 
-    predictor = Predictor.from_run(run, backend=backend, batch_size=batch_size)
+    predictor = Predictor.from_run(run, backend=backend, batch_size=batch_size, precision=precision)
     n = predict_file(predictor, source, output, fmt=fmt)
     if output not in (None, "-"):
         err.print(f"predicted {n} items -> {output}")

@@ -23,7 +23,8 @@ def logits_for(model: torch.nn.Module, features: Sequence[Feature], collate: Cal
     """Logits per feature, unpadded (``[tokens, labels]`` for token tasks, ``[labels]`` otherwise)."""
     was_training = model.training
     model.eval()
-    device = device or next(model.parameters()).device
+    # An exported model (export.OnnxModel) has no parameters; it names its device instead.
+    device = device or getattr(model, "device", None) or next(model.parameters()).device
     out: list[np.ndarray | None] = [None] * len(features)
     for idx in length_sorted_batches(features, batch_size):
         batch = collate([_unlabelled(features[i]) for i in idx])

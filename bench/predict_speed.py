@@ -1,0 +1,230 @@
+"""Prediction throughput: runassist's Predictor (torch and ONNX int8 backends) against
+``transformers.pipeline("token-classification", aggregation_strategy="first")`` on the same texts.
+
+    .venv/bin/python bench/predict_speed.py --run runs/<a NER run>     # 2,000 texts
+    .venv/bin/python bench/predict_speed.py --quick                    # trains a short run first; 500 texts
+
+The texts are WNUT-16 sentences (every split), words joined by spaces, repeated to --n.
+Contestants run in rounds over chunks of the texts (A B C D, A B C D, ...) in this one
+process, so a load spike on the machine hits all of them alike; each is warmed up first.
+"Identical" compares the (label, start, end) character spans of each text's entities.
+Prints a table, then one JSON line (the last line of stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "examples" / "ner-wnut16.yaml"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def short_run(out: Path, *, max_steps: int, threads: int) -> Path:
+    from runassist import config
+    from runassist.train.run import train
+
+    cfg = config.load(DEMO, [f"output.dir={out / 'runs'}", f"train.max_steps={max_steps}", f"train.threads={threads}",
+                             "data.test=null"])
+    with contextlib.redirect_stdout(sys.stderr):
+        return train(cfg, progress=False).run
+
+
+def texts_for(n: int) -> list[str]:
+    from runassist.assets import read_alias
+
+    sentences = [" ".join(ex.tokens) for split in ("train", "dev", "test") for ex in read_alias(f"wnut16:{split}")]
+    return [sentences[i % len(sentences)] for i in range(n)]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, help="a trained NER run (default: train a short one first)")
+    parser.add_argument("--quick", action="store_true", help="500 texts and 2 rounds instead of 2,000 and 4")
+    parser.add_argument("--n", type=int, help="number of texts (default 2000, 500 with --quick)")
+    parser.add_argument("--rounds", type=int, help="chunks the texts are cut into, each run by every contestant")
+    parser.add_argument("--threads", type=int, help="default: the free cores (runassist.env)")
+    parser.add_argument("--batch-size", type=int, default=64, help="runassist's batch size (its default)")
+    parser.add_argument("--train-steps", type=int, default=150, help="steps of the short run made without --run")
+    parser.add_argument("--reexport", action="store_true", help="export again even if RUN/onnx has an int8 file")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    from runassist import env
+    from runassist.export import OnnxModel, export
+    from runassist.predict import Predictor
+
+    hf_logging.set_verbosity_error()
+    facts = env.collect(check_hub=False)
+    threads = args.threads or env.choose_threads(facts)
+    torch.set_num_threads(threads)
+    n = args.n or (500 if args.quick else 2000)
+    rounds = args.rounds or (2 if args.quick else 4)
+    load_before = os.getloadavg()[0]
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench-predict-"))
+
+    run = args.run
+    if run is None:
+        log(f"no --run: training a short one ({args.train_steps} steps) under {out} ...")
+        run = short_run(out, max_steps=args.train_steps, threads=threads)
+    exported = None
+    int8 = run / "onnx" / "model.int8.onnx"
+    if args.reexport or not (int8.exists() or (run / "onnx" / "rejected" / int8.name).exists()):
+        log("exporting to ONNX (int8) with the parity check ...")
+        exported = export(run, quantize="int8")
+        log(f"export: passed={exported['passed']} agreement={exported['agreement']} "
+            f"({exported['seconds']}s)")
+    accepted = int8.exists()
+    if not accepted:
+        # Measured anyway, so the figures exist; the JSON says the file is not one `--backend onnx` would use.
+        int8 = run / "onnx" / "rejected" / int8.name
+        log(f"note: the int8 file failed its parity check (see {run / 'onnx' / 'parity.json'}); measuring it anyway")
+
+    texts = texts_for(n)
+    log(f"{n} texts, {rounds} rounds, threads={threads}, load={load_before:.2f}; loading contestants ...")
+    pipe = pipeline("token-classification", model=str(run / "model"), aggregation_strategy="first", device=-1)
+    torch_pred = Predictor.from_run(run, batch_size=args.batch_size, threads=threads)
+    bf16_pred = Predictor.from_run(run, batch_size=args.batch_size, threads=threads, precision="bf16")
+    onnx_pred = Predictor(run=run, task=torch_pred.task, model=OnnxModel(int8, threads=threads),
+                          tokenizer=torch_pred.tokenizer, state=torch_pred.state, cfg=torch_pred.cfg,
+                          batch_size=args.batch_size, backend="onnx")
+    if accepted:
+        assert Predictor.from_run(run, backend="onnx").model.path == int8  # what `--backend onnx` loads
+
+    def spans_pipeline(outputs):
+        return [sorted((e["entity_group"], int(e["start"]), int(e["end"])) for e in o) for o in outputs]
+
+    def spans_runassist(outputs):
+        return [sorted((e["label"], e["start"], e["end"]) for e in o["entities"]) for o in outputs]
+
+    contestants = {
+        "pipeline": lambda xs: spans_pipeline(pipe(xs)),  # the pipeline's default: batch_size 1
+        "pipeline_b64": lambda xs: spans_pipeline(pipe(xs, batch_size=64)),
+        "runassist_torch": lambda xs: spans_runassist(torch_pred.predict(xs)),
+        # Not a target contestant: bf16 autocast, for CPUs with native bf16 (avx512_bf16 / AMX).
+        "runassist_torch_bf16": lambda xs: spans_runassist(bf16_pred.predict(xs)),
+        "runassist_onnx_int8": lambda xs: spans_runassist(onnx_pred.predict(xs)),
+    }
+    seconds = {k: 0.0 for k in contestants}
+    outputs: dict[str, list] = {k: [] for k in contestants}
+    for name, fn in contestants.items():  # warm-up: first calls allocate, pick kernels, build caches
+        fn(texts[:32])
+    size = -(-n // rounds)
+    for r in range(rounds):
+        chunk = texts[r * size:(r + 1) * size]
+        for name, fn in contestants.items():
+            t = time.perf_counter()
+            got = fn(chunk)
+            seconds[name] += time.perf_counter() - t
+            outputs[name] += got
+        log(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {len(outputs[k]) / seconds[k]:.1f}/s" for k in seconds))
+
+    def same(a: str, b: str, subset: list[int] | None = None) -> float:
+        idx = range(n) if subset is None else subset
+        return round(sum(outputs[a][i] == outputs[b][i] for i in idx) / max(len(idx), 1), 4)
+
+    # runassist splits raw text into words with its own rule (\w runs, so "kayden_kross" is one
+    # word); the pipeline groups sub-tokens into the tokenizer's words ("kayden", "_", "kross").
+    # Where the two disagree an entity's span can differ with identical logits, so identity is
+    # also given on the texts where both see the same words: that part measures the model.
+    same_words = [i for i, t in enumerate(texts) if _words_agree(t, pipe.tokenizer)]
+
+    rows = {k: {"seconds": round(seconds[k], 2), "texts_per_second": round(n / seconds[k], 1)} for k in contestants}
+    best_pipe = max(("pipeline", "pipeline_b64"), key=lambda k: rows[k]["texts_per_second"])
+    for k in rows:
+        rows[k]["vs_pipeline"] = round(rows[k]["texts_per_second"] / rows["pipeline"]["texts_per_second"], 2)
+        rows[k]["vs_best_pipeline"] = round(rows[k]["texts_per_second"] / rows[best_pipe]["texts_per_second"], 2)
+        rows[k]["identical_to_pipeline"] = same(k, "pipeline")
+        rows[k]["identical_to_pipeline_same_words"] = same(k, "pipeline", same_words)
+    rows["runassist_onnx_int8"]["identical_to_torch"] = same("runassist_onnx_int8", "runassist_torch")
+    rows["runassist_torch_bf16"]["identical_to_torch"] = same("runassist_torch_bf16", "runassist_torch")
+    words_share = round(len(same_words) / n, 4)
+    onnx, torch_row = rows["runassist_onnx_int8"], rows["runassist_torch"]
+    result = {
+        "bench": "predict_speed", "quick": args.quick, "texts": n, "rounds": rounds, "threads": threads,
+        "batch_size": args.batch_size, "run": str(run), "texts_same_words": words_share,
+        "entities": sum(len(o) for o in outputs["pipeline"]),
+        "load_avg": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "int8_accepted": accepted,
+        "parity": _parity(run),
+        "export": None if exported is None else {k: exported[k] for k in
+                                                  ("agreement", "metric_torch", "metric_onnx", "passed", "seconds",
+                                                   "sizes")},
+        "contestants": rows, "best_pipeline": best_pipe,
+        "target": {
+            "onnx_speedup_min": 3.0, "onnx_identical_min": 0.98,
+            "met_vs_default_pipeline": onnx["vs_pipeline"] >= 3.0 and onnx["identical_to_pipeline"] >= 0.98
+                                       and torch_row["vs_pipeline"] >= 1.0,
+            "met_vs_best_pipeline": onnx["vs_best_pipeline"] >= 3.0 and onnx["identical_to_pipeline"] >= 0.98
+                                    and torch_row["vs_best_pipeline"] >= 1.0,
+            "met_vs_best_pipeline_same_words": onnx["vs_best_pipeline"] >= 3.0
+                                               and onnx["identical_to_pipeline_same_words"] >= 0.98
+                                               and torch_row["vs_best_pipeline"] >= 1.0,
+        },
+    }
+    print_table(result)
+    print(json.dumps(result))
+    return result
+
+
+def _words_agree(text: str, tokenizer) -> bool:
+    from runassist.data.conll import tokenize_with_offsets
+
+    ours = tokenize_with_offsets(text)[1]
+    theirs = [span for _, span in tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+    return [tuple(o) for o in ours] == [tuple(t) for t in theirs]
+
+
+def _parity(run: Path) -> dict | None:
+    path = run / "onnx" / "parity.json"
+    if not path.exists():
+        return None
+    checks = json.loads(path.read_text())["checks"]
+    return {name: {k: c.get(k) for k in ("agreement", "token_agreement", "metric_onnx")} for name, c in checks.items()}
+
+
+def print_table(r: dict) -> None:
+    lines = [f"predict speed: {r['texts']} WNUT-16 texts, {r['threads']} thread(s), runassist batch {r['batch_size']}; "
+             f"load avg {r['load_avg']['before']} -> {r['load_avg']['after']}; {r['entities']} entities (pipeline)",
+             f"{'':22}{'texts/s':>10}{'vs pipe':>9}{'vs best':>9}{'same as pipe':>14}{'(same words)':>14}"]
+    for name, row in r["contestants"].items():
+        lines.append(f"{name:22}{row['texts_per_second']:>10}{row['vs_pipeline']:>8}x{row['vs_best_pipeline']:>8}x"
+                     f"{row['identical_to_pipeline']:>14.2%}{row['identical_to_pipeline_same_words']:>14.2%}")
+    lines.append(f"(same words: the {r['texts_same_words']:.1%} of texts where runassist's word split equals "
+                 f"the tokenizer's pre-tokenizer split)")
+    if r["parity"]:
+        lines.append("export parity on dev (sentences / words identical to torch): " + ", ".join(
+            f"{k} {v['agreement']:.1%} / {v['token_agreement']:.2%}" for k, v in r["parity"].items())
+            + ("" if r["int8_accepted"] else "  -> int8 REJECTED by the parity check (measured anyway)"))
+    c = r["contestants"]
+    lines.append(f"identical to runassist torch fp32: onnx int8 {c['runassist_onnx_int8']['identical_to_torch']:.2%}, "
+                 f"torch bf16 {c['runassist_torch_bf16']['identical_to_torch']:.2%}; "
+                 f"best pipeline setting: {r['best_pipeline']}")
+    t = r["target"]
+    lines.append(f"targets (onnx >= 3x, >= 98% identical, torch >= 1x): vs default pipeline "
+                 f"{'MET' if t['met_vs_default_pipeline'] else 'NOT MET'}, vs best pipeline "
+                 f"{'MET' if t['met_vs_best_pipeline'] else 'NOT MET'}, vs best pipeline on same-word texts "
+                 f"{'MET' if t['met_vs_best_pipeline_same_words'] else 'NOT MET'}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

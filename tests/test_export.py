@@ -1,0 +1,178 @@
+"""ONNX export on tiny trained runs: both backends answer the same through the Predictor,
+parity is checked on dev, and an export that fails parity is kept apart and never loaded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import WORDS, ner_overrides
+from runassist import config
+from runassist.errors import RunassistError
+from runassist.export import OnnxModel, export
+from runassist.predict import Predictor
+from runassist.train.run import train
+
+TEXTS = ["john smith went to paris", "mary visited google in new york with apple",
+         "the movie was great", "london", " ".join(["john went to paris and london"] * 12)]  # last: several windows
+
+
+@pytest.fixture(scope="module")
+def ner_run(tiny_model, tmp_path_factory):
+    from conftest import make_ner_sentences, write_conll
+
+    tmp = tmp_path_factory.mktemp("export-ner")
+    files = {s: write_conll(tmp / f"{s}.conll", make_ner_sentences(n, seed))
+             for s, n, seed in (("train", 64, 0), ("dev", 16, 1), ("test", 16, 2))}
+    cfg = config.load(None, ner_overrides(files, tiny_model, tmp / "runs", max_steps=24, early_stopping="null"))
+    return train(cfg, progress=False).run
+
+
+@pytest.fixture(scope="module")
+def classify_run(tiny_model, tmp_path_factory):
+    import random
+
+    tmp = tmp_path_factory.mktemp("export-classify")
+    rng = random.Random(0)
+
+    def write(name, n):
+        rows = []
+        for _ in range(n):
+            label = rng.choice(["pos", "neg"])
+            cue = rng.choice(["great", "good", "fun", "loved"] if label == "pos" else ["bad", "boring", "hated"])
+            rows.append({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 9))) + f" {cue}",
+                         "label": label})
+        path = tmp / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return path
+
+    overrides = ["task=classify", f"model.source={tiny_model}", "model.max_length=32", "model.stride=8",
+                 f"data.train={write('train', 48)}", f"data.dev={write('dev', 16)}", f"output.dir={tmp / 'runs'}",
+                 "train.batch_size=8", "train.max_steps=12", "train.lr=5e-3", "train.threads=1",
+                 "train.precision=fp32", "train.early_stopping=null"]
+    return train(config.load(None, overrides), progress=False).run
+
+
+def test_ner_export_int8_parity_and_backends_agree(ner_run):
+    result = export(ner_run, quantize="int8")
+    folder = ner_run / "onnx"
+    assert result["passed"] is True
+    assert result["files"] == [str(folder / "model.onnx"), str(folder / "model.int8.onnx")]
+    assert result["sizes"]["model.int8.onnx"] < result["sizes"]["model.onnx"]
+    assert {"files", "sizes", "metric_torch", "metric_onnx", "agreement", "passed", "seconds"} <= set(result)
+    assert result["checks"]["model.onnx"]["agreement"] == 1.0  # fp32: the same numbers up to rounding
+    assert result["metric_torch"] == result["checks"]["model.onnx"]["metric_onnx"]
+    # the fastest int8 method that passes is kept; slower ones are not tried after it
+    assert result["int8_method"] == "dynamic" and "int8:blockwise" not in result["checks"]
+    assert 0.98 <= result["checks"]["int8:dynamic"]["agreement"] == result["agreement"]
+    assert 0.0 <= result["checks"]["int8:dynamic"]["token_agreement"] <= 1.0
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["active"] == "model.int8.onnx" and parity["split"].endswith("dev.conll")
+    assert parity["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+
+    torch_pred = Predictor.from_run(ner_run)
+    onnx_pred = Predictor.from_run(ner_run, backend="onnx")
+    assert isinstance(onnx_pred.model, OnnxModel) and onnx_pred.model.path.name == "model.int8.onnx"
+    assert onnx_pred.model.session.get_session_options().intra_op_num_threads == torch.get_num_threads()
+
+    # fp32 graph: the dynamic axes take any batch size and length, logits match torch closely
+    fp32 = Predictor(run=ner_run, task=torch_pred.task, model=OnnxModel(folder / "model.onnx"),
+                     tokenizer=torch_pred.tokenizer, state=torch_pred.state, cfg=torch_pred.cfg, backend="onnx")
+    examples = torch_pred.examples(TEXTS)
+    features = torch_pred.task.encode(examples, torch_pred.tokenizer, torch_pred.state)
+    assert len(features) > len(TEXTS)  # the long text was windowed
+    for size in (1, 3, 64):
+        batch = torch_pred.task.collate(features[:size], torch_pred.tokenizer.pad_token_id)
+        with torch.no_grad():
+            expected = torch_pred.model(**batch).logits.numpy()
+        got = fp32.model(**batch).logits.numpy()
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    reference = torch_pred.predict(TEXTS)
+    assert [r["tags"] for r in fp32.predict(TEXTS)] == [r["tags"] for r in reference]
+    int8 = onnx_pred.predict(TEXTS)
+    assert [len(r["tags"]) for r in int8] == [len(r["tags"]) for r in reference]
+
+    # exporting again without --quantize replaces the whole export: no stale int8 file stays active
+    again = export(ner_run)
+    assert again["passed"] and not (folder / "model.int8.onnx").exists()
+    assert OnnxModel.load(ner_run).path.name == "model.onnx"
+
+
+def test_failed_parity_is_kept_apart(ner_run, monkeypatch):
+    import runassist.export as export_module
+
+    real = export_module._agreement
+
+    def poor(reference, other):  # as if the graph answered differently on most dev sentences
+        out = real(reference, other)
+        return {**out, "agreement": 0.5}
+
+    monkeypatch.setattr(export_module, "_agreement", poor)
+    result = export(ner_run, quantize="int8", min_agreement=0.98)
+    folder = ner_run / "onnx"
+    assert result["passed"] is False and result["files"] == []
+    assert "below --min-agreement" in result["message"] and "int8:blockwise 50.0%" in result["message"]
+    assert sorted(p.name for p in (folder / "rejected").iterdir()) == [
+        "model.int8.blockwise.onnx", "model.int8.dynamic.onnx", "model.onnx"]
+    assert not (folder / "model.onnx").exists() and not (folder / "model.int8.onnx").exists()
+    assert json.loads((folder / "parity.json").read_text())["active"] is None
+    with pytest.raises(RunassistError, match="parity"):
+        OnnxModel.load(ner_run)
+
+    from typer.testing import CliRunner
+
+    from runassist.cli import app
+
+    outcome = CliRunner().invoke(app, ["export", str(ner_run), "--json"])
+    assert outcome.exit_code == 1, outcome.output
+    monkeypatch.setattr(export_module, "_agreement", real)
+    assert export(ner_run)["passed"] is True  # a passing export clears the rejected files
+    assert not (folder / "rejected").exists()
+
+
+def test_int8_falls_back_to_blockwise(ner_run, monkeypatch):
+    import runassist.export as export_module
+
+    real = export_module._quantize_int8
+
+    def no_dynamic(src, dst, method):  # as on an onnxruntime without the dynamic int8 kernels
+        if method == "dynamic":
+            raise RuntimeError("not supported here")
+        real(src, dst, method)
+
+    monkeypatch.setattr(export_module, "_quantize_int8", no_dynamic)
+    result = export(ner_run, quantize="int8")
+    assert result["passed"] and result["int8_method"] == "blockwise"
+    assert "not supported here" in result["checks"]["int8:dynamic"]["error"]
+    assert result["checks"]["int8:blockwise"]["agreement"] >= 0.98
+    model = OnnxModel.load(ner_run)
+    assert model.path.name == "model.int8.onnx"
+    assert any(n.op_type == "MatMulNBits" for n in __import__("onnx").load(str(model.path)).graph.node)
+    torch_tags = [r["tags"] for r in Predictor.from_run(ner_run).predict(TEXTS)]
+    onnx_tags = [r["tags"] for r in Predictor.from_run(ner_run, backend="onnx").predict(TEXTS)]
+    assert [len(t) for t in onnx_tags] == [len(t) for t in torch_tags]
+
+
+def test_classify_export_matches_torch(classify_run):
+    result = export(classify_run)
+    assert result["passed"] and result["agreement"] == 1.0
+    assert result["metric"] == "accuracy" and result["metric_onnx"] == result["metric_torch"]
+    texts = ["great fun movie", "boring", "the plot of the film was bad and the acting terrible", "good"]
+    torch_out = Predictor.from_run(classify_run).predict(texts)
+    onnx_out = Predictor.from_run(classify_run, backend="onnx").predict(texts)
+    assert [r["labels"] for r in onnx_out] == [r["labels"] for r in torch_out]
+    for a, b in zip(torch_out, onnx_out):
+        assert a["probs"] == pytest.approx(b["probs"], abs=2e-4)
+
+
+def test_bad_arguments(ner_run, tmp_path):
+    with pytest.raises(RunassistError, match="choose one of onnx"):
+        export(ner_run, fmt="tflite")
+    with pytest.raises(RunassistError, match="int8"):
+        export(ner_run, quantize="int4")
+    with pytest.raises(RunassistError, match="no such run"):
+        export(tmp_path / "nope")
