@@ -28,7 +28,6 @@ repairable and raise :class:`DataError` with the file line.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from runassist.data.records import TokenExample
+from runassist.data.io import iter_jsonl, read_text_file
 from runassist.errors import DataError
 
 SCHEMES = ("auto", "iob1", "iob2", "bioes")
@@ -205,16 +205,6 @@ def spans_from_iob2(tags: Sequence[str]) -> list[tuple[int, int, str]]:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def read_text_file(path: str | Path) -> str:
-    """A UTF-8 file (BOM allowed) as text; bad bytes give a DataError naming the line."""
-    raw = Path(path).read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(path, line, f"not valid UTF-8 (byte {raw[exc.start]:#04x}); save the file as UTF-8") from None
 
 
 def _columns(line: str) -> list[str]:
@@ -411,15 +401,7 @@ def scan_token_jsonl(path: str | Path, *, scheme: str = "auto", require_tags: bo
     raw: list[Raw] = []
     from_spans: set[int] = set()
     texts: list[tuple[str | None, tuple[tuple[int, int], ...] | None]] = []
-    for number, line in enumerate(read_text_file(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(path, number, f"not valid JSON ({exc.msg}, column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(path, number, f"expected a JSON object, got {type(obj).__name__}")
+    for number, obj in iter_jsonl(path):
         text, offsets, tags = None, None, None
         if "tokens" in obj:
             tokens = obj["tokens"]

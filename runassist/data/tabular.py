@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runassist.data.conll import read_text_file
+from runassist.data.io import iter_jsonl, read_text_file
 from runassist.data.records import TextExample
 from runassist.errors import ConfigError, DataError
 
@@ -77,16 +77,7 @@ def _records_json(path: str) -> Iterator[tuple[int | None, dict[str, Any]]]:
                 raise DataError(path, None, f"expected an array of objects, found {type(item).__name__}")
             yield None, item
         return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(path, number, f"not valid JSON ({exc.msg}, column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(path, number, f"expected a JSON object, got {type(obj).__name__}")
-        yield number, obj
+    yield from iter_jsonl(path, text)
 
 
 def _labels(value: Any, *, path: str, line: int | None, multi_label: bool, separator: str | None) -> tuple[str, ...]:
