@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     texts = texts_for(n)
     log(f"{n} texts, {rounds} rounds, threads={threads}, load={load_before:.2f}; loading contestants ...")
     pipe = pipeline("token-classification", model=str(run / "model"), aggregation_strategy="first", device=-1)
-    torch_pred = Predictor.from_run(run, batch_size=args.batch_size, threads=threads)
+    torch_pred = Predictor.from_run(run, batch_size=args.batch_size, threads=threads, precision="fp32")
     bf16_pred = Predictor.from_run(run, batch_size=args.batch_size, threads=threads, precision="bf16")
     onnx_pred = Predictor(run=run, task=torch_pred.task, model=OnnxModel(int8, threads=threads),
                           tokenizer=torch_pred.tokenizer, state=torch_pred.state, cfg=torch_pred.cfg,
