@@ -49,6 +49,7 @@ class TaskState:
 class Task(Protocol):
     name: str
     headline: str  # the metric early stopping and `runs` use by default, e.g. "f1"
+    peft_task_type: str  # peft's TaskType for LoRA: TOKEN_CLS, SEQ_CLS, ...
 
     def read(self, spec: str, *, require_labels: bool = True) -> list[Any]: ...
 

@@ -41,6 +41,7 @@ class LabelPrediction:
 
 class ClassifyTask:
     name = "classify"
+    peft_task_type = "SEQ_CLS"
 
     def __init__(self, task: TaskConfig, data: DataConfig, model: ModelConfig):
         self.task_cfg, self.data_cfg, self.model_cfg = task, data, model

@@ -34,6 +34,7 @@ class TagPrediction:
 class NerTask:
     name = "ner"
     headline = "f1"
+    peft_task_type = "TOKEN_CLS"
 
     def __init__(self, task: TaskConfig, data: DataConfig, model: ModelConfig):
         self.task_cfg, self.data_cfg, self.model_cfg = task, data, model

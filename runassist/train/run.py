@@ -23,8 +23,6 @@ from runassist.train.engine import Engine
 from runassist.train.loop import Position, StepInfo, plan, train_steps
 from runassist.train.setup import apply_freeze, apply_lora, build_optimizer, build_scheduler, class_weights
 
-_PEFT_TASK_TYPES = {"ner": "TOKEN_CLS", "classify": "SEQ_CLS"}
-
 
 @dataclass(frozen=True)
 class RunResult:
@@ -97,7 +95,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     model = task.build_model(source, state, dropout=tc.dropout)
     frozen = apply_freeze(model, tc.freeze)
     if tc.lora is not None:
-        model = apply_lora(model, tc.lora, task_type=_PEFT_TASK_TYPES.get(task.name, "FEATURE_EXTRACTION"))
+        model = apply_lora(model, tc.lora, task_type=task.peft_task_type)
     model.to(engine.device)
     optimizer = build_optimizer(model, tc, engine.device)
     model = engine.prepare(model)
