@@ -136,6 +136,8 @@ def check_inputs(arguments: Any, predictor: Any, *, limits: Limits = Limits()) -
         raise InputError(f"{len(inputs)} inputs; at most max_inputs={limits.max_inputs} per request",
                          code="too_many_inputs", limit="max_inputs", value=limits.max_inputs)
     for i, item in enumerate(inputs):
+        if not _valid_unicode(item):
+            raise InputError(f"inputs[{i}] is not valid Unicode (it holds a lone surrogate such as \\ud800)")
         if _chars(item) > limits.max_chars:
             raise InputError(f"inputs[{i}] has {_chars(item)} characters; at most max_chars={limits.max_chars}",
                              code="input_too_long", limit="max_chars", value=limits.max_chars)
@@ -143,6 +145,18 @@ def check_inputs(arguments: Any, predictor: Any, *, limits: Limits = Limits()) -
         return predictor.examples(inputs)
     except ValueError as exc:  # "inputs[3]: each input must be a string or a list of strings"
         raise InputError(str(exc)) from None
+
+
+def _valid_unicode(item: Any) -> bool:
+    """JSON may carry lone surrogates (\\ud800) that no tokenizer accepts: a client error, not a 500."""
+    parts = item if isinstance(item, list) else item.values() if isinstance(item, dict) else [item]
+    try:
+        for part in parts:
+            if isinstance(part, str):
+                part.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_type(value: Any) -> str:

@@ -56,7 +56,7 @@ def cached_encode(task: Any, examples: Sequence[Any], tokenizer: Any, state: Tas
     if loaded is not None:
         features, side = loaded
         for name, value in side.items():
-            if hasattr(task, name):
+            if name in _SIDE_EFFECTS and hasattr(task, name):  # a cache file may not set anything else
                 setattr(task, name, value)
         return features
     features = task.encode(examples, tokenizer, state)

@@ -240,11 +240,13 @@ def verdict(boot: dict[str, Any], metric: str) -> str:
 
 def render_comparison(result: dict[str, Any], console: Any) -> None:
     """Print a comparison as rich tables: runs, overall scores with CIs, per label, verdict."""
+    from rich.markup import escape
     from rich.table import Table
 
+    # Run names, labels and notes are user text: escape them, or '[/x]' in a label breaks the markup.
     a, b = result["a"], result["b"]
-    console.print(f"[bold]A[/] {a['name']} [dim]({a['model']})[/]\n[bold]B[/] {b['name']} [dim]({b['model']})[/]\n"
-                  f"on {result['data']} ({result['n_items']} {'sentences' if result['task'] == 'ner' else 'texts'}"
+    console.print(f"[bold]A[/] {escape(a['name'])} [dim]({escape(a['model'])})[/]\n[bold]B[/] {escape(b['name'])} "
+                  f"[dim]({escape(b['model'])})[/]\non {escape(str(result['data']))} ({result['n_items']} {'sentences' if result['task'] == 'ner' else 'texts'}"
                   f"; {100 * result.get('agreement', 0):.0f}% predicted identically)", highlight=False)
 
     overall = Table(title="overall (paired bootstrap over test items)")
@@ -275,13 +277,13 @@ def render_comparison(result: dict[str, Any], console: Any) -> None:
         per.add_column(col, justify="right")
     for row in result["per_label"]:
         ra, rb, d = row["a"], row["b"], row["diff"]
-        per.add_row(str(row["label"]), str(row["support"]), f"{ra['precision']:.3f}", f"{rb['precision']:.3f}",
+        per.add_row(escape(str(row["label"])), str(row["support"]), f"{ra['precision']:.3f}", f"{rb['precision']:.3f}",
                     f"{ra['recall']:.3f}", f"{rb['recall']:.3f}", f"{ra['f1']:.3f}", f"{rb['f1']:.3f}",
                     _signed(d["f1"], digits=3))
     console.print(per)
     for note in result.get("notes") or []:
-        console.print(f"[yellow]note[/] {note}", highlight=False)
-    console.print(f"[bold]{result['verdict']}[/]", highlight=False)
+        console.print(f"[yellow]note[/] {escape(note)}", highlight=False)
+    console.print(f"[bold]{escape(result['verdict'])}[/]", highlight=False)
 
 
 def _signed(value: float, *, digits: int = 4) -> str:

@@ -184,7 +184,9 @@ def export(run: str | Path, *, fmt: str = "onnx", quantize: str | None = None,
         rejected: list[str] = []
         for key, (path, rejected_name) in files.items():
             target = FP32 if key == FP32 else INT8
-            if checks[key]["passed"] and target not in active:
+            # int8 is only served when the fp32 graph it was made from passed parity too.
+            ok = checks[key]["passed"] and (key == FP32 or checks[FP32]["passed"])
+            if ok and target not in active:
                 _move_model(path, folder / target)
                 active.append(target)
             else:

@@ -193,7 +193,9 @@ def _looks_like_conll(path: Path) -> bool:
 
 def _read_lines(source: str) -> list[str]:
     text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    return [line for line in text.splitlines() if line.strip()]
+    from runassist.data.io import split_lines
+
+    return [line for line in split_lines(text) if line.strip()]
 
 
 def _read_table(source: str, kind: str) -> tuple[list[dict[str, str]], list[str]]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from runassist import plots, runs
+from runassist.data.io import split_lines
 from runassist.errors import RunassistError
 
 WORST_SENTENCES = 6
@@ -352,7 +353,7 @@ def read_conll_predictions(path: Path) -> tuple[list[list[str]], list[list[str]]
             pred.append([c[2] for c in current])
             current.clear()
 
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in split_lines(path.read_text(encoding="utf-8")):
         cols = line.split()
         if not cols or cols[0] == "-DOCSTART-":
             flush()
@@ -457,7 +458,7 @@ def _confidence(row: dict[str, Any]) -> float:
 def read_classify_mistakes(path: Path) -> tuple[int, list[dict[str, Any]]]:
     """(number of examples, wrong ones with a ``confidence`` key, most confident first)."""
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in split_lines(path.read_text(encoding="utf-8")):
         if line.strip():
             rows.append(json.loads(line))
     wrong = [dict(r, confidence=_confidence(r)) for r in rows

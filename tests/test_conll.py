@@ -317,3 +317,14 @@ def test_read_examples_uses_the_configured_scheme(tmp_path):
     assert read_examples(str(path), task="ner", data=DataConfig(scheme="bioes"))[0].tags == ("B-LOC",)
     with pytest.raises(DataError, match="set data.scheme: bioes"):
         read_examples(str(path), task="ner", data=DataConfig(scheme="iob2"))
+
+
+def test_line_separators_inside_records_do_not_split_lines(tmp_path):
+    from runassist.data.conll import read_token_jsonl
+
+    path = tmp_path / "u2028.jsonl"
+    path.write_text('{"tokens": ["a\u2028b", "c\x85d"], "tags": ["O", "B-X"]}\n{"tokens": ["e"], "tags": ["O"]}\n',
+                    encoding="utf-8")
+    examples = read_token_jsonl(path)
+    assert [len(e.tokens) for e in examples] == [2, 1]
+    assert examples[1].source.endswith(":2")

@@ -324,3 +324,20 @@ def test_worker_factory_reads_the_run_from_the_environment(tiny_run, monkeypatch
     monkeypatch.setenv("RUNASSIST_SERVE_OPTIONS", json.dumps({"max_input": 5}))
     with pytest.raises(RunassistError, match="unknown key"):
         app_from_env()
+
+
+def test_lone_surrogates_are_a_client_error(client):
+    # valid JSON, but no tokenizer accepts it: 422, never a 500 (and never a re-run of the batch)
+    body = '{"inputs": ["john \\ud800 went"]}'
+    error = _error(client.post("/v1/predict", content=body, headers={"content-type": "application/json"}),
+                   422, "invalid_input")
+    assert "Unicode" in error["message"]
+
+
+def test_client_chosen_methods_do_not_grow_the_metrics(predictor):
+    with TestClient(create_app(predictor, settings=ServeSettings(max_wait_ms=1))) as c:
+        for i in range(20):
+            c.request(f"FOO{i}", "/v1/model")
+        text = c.get("/metrics").text
+    assert "FOO" not in text
+    assert 'method="other"' in text

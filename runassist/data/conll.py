@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from runassist.data.records import TokenExample
-from runassist.data.io import iter_jsonl, read_text_file
+from runassist.data.io import iter_jsonl, read_text_file, split_lines
 from runassist.errors import DataError
 
 SCHEMES = ("auto", "iob1", "iob2", "bioes")
@@ -271,7 +271,7 @@ def scan_conll(path: str | Path, *, scheme: str = "auto", require_tags: bool = T
             tags.clear()
             lines.clear()
 
-    for number, line in enumerate(read_text_file(path).splitlines(), start=1):
+    for number, line in enumerate(split_lines(read_text_file(path)), start=1):
         cols = _columns(line)
         if not cols or cols[0] == _DOCSTART:
             flush()

@@ -19,14 +19,22 @@ def read_text_file(path: str | Path) -> str:
         raise DataError(path, line, f"not valid UTF-8 (byte {raw[exc.start]:#04x}); save the file as UTF-8") from None
 
 
+def split_lines(text: str) -> list[str]:
+    """Split on \\n, \\r\\n and \\r only. str.splitlines() also splits on U+2028, U+0085 and form
+    feeds, which JSON written with ensure_ascii=False and real tweets contain inside a record."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def iter_jsonl(path: str | Path, text: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; a line that is not a JSON object is a DataError."""
     text = read_text_file(path) if text is None else text
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
+        except RecursionError:
+            raise DataError(path, number, "JSON nested too deeply") from None
         except json.JSONDecodeError as exc:
             raise DataError(path, number, f"not valid JSON ({exc.msg}, column {exc.colno})") from None
         if not isinstance(obj, dict):

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runassist.data.io import iter_jsonl, read_text_file
+from runassist.data.io import iter_jsonl, read_text_file, split_lines
 from runassist.data.records import TextExample
 from runassist.errors import ConfigError, DataError
 
@@ -70,6 +70,8 @@ def _records_json(path: str) -> Iterator[tuple[int | None, dict[str, Any]]]:
         # A JSON array (pandas to_json(orient="records")): records have no line of their own.
         try:
             items = json.loads(text)
+        except RecursionError:
+            raise DataError(path, None, "JSON nested too deeply") from None
         except json.JSONDecodeError as exc:
             raise DataError(path, exc.lineno, f"not valid JSON ({exc.msg})") from None
         for item in items:
@@ -190,7 +192,7 @@ def read_lines(path: str | Path) -> list[TextExample]:
     path = str(path)
     return [
         TextExample(line, source=f"{path}:{number}")
-        for number, line in enumerate(read_text_file(path).splitlines(), start=1)
+        for number, line in enumerate(split_lines(read_text_file(path)), start=1)
         if line.strip()
     ]
 

@@ -47,6 +47,8 @@ ENV_API_KEY = "RUNASSIST_API_KEY"
 ROUTES = ("/", "/health", "/metrics", "/v1/model", "/v1/predict", "/v1/tools")
 PUBLIC = ("/", "/health", "/favicon.ico")  # plus /static/*: the page holds no model data and asks for the key
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 log = logging.getLogger("runassist.serve")
 
 
@@ -67,6 +69,9 @@ class ServeSettings:
             raise RunassistError(f"max_wait_ms = {self.max_wait_ms!r}: give 0 or more (milliseconds)")
         if self.api_key is not None and not self.api_key.strip():
             raise RunassistError("the API key is empty; leave it unset to serve without one")
+        if self.api_key is not None and not self.api_key.isascii():
+            # HTTP headers arrive as latin-1: a non-ASCII key could never match.
+            raise RunassistError("the API key must be ASCII")
 
     @property
     def limits(self) -> Limits:
@@ -243,7 +248,10 @@ class _Edge:
                 await response(scope, receive, send_status)
         finally:
             self.metrics.predicting -= predicting
-            self.metrics.observe_request(route, scope.get("method", ""), status, time.perf_counter() - started)
+            method = scope.get("method", "")
+            # A client chooses the method string: keep the label set bounded, or /metrics grows without end.
+            method = method if method in _METHODS else "other"
+            self.metrics.observe_request(route, method, status, time.perf_counter() - started)
 
     def _authorised(self, scope, path: str) -> bool:
         key = self.settings.api_key
