@@ -125,10 +125,13 @@ def predict_file(predictor: Predictor, source: str, output: str | None = None, *
     out_fmt = fmt if fmt != "auto" else ("conll" if kind == "conll" else "csv" if kind in ("csv", "tsv") else "jsonl")
     if kind in ("csv", "tsv"):
         rows, header = _read_table(source, kind)
-        column = predictor.cfg.data.text_column
-        if column not in header:
-            raise DataError(source, 1, f"no '{column}' column (data.text_column); columns: {', '.join(header)}")
-        examples = predictor.examples([r[column] for r in rows])
+        column, pair = predictor.cfg.data.text_column, predictor.cfg.data.text_pair_column
+        for name, key in ((column, "data.text_column"), (pair, "data.text_pair_column")):
+            if name is not None and name not in header:
+                raise DataError(source, 1, f"no '{name}' column ({key}); columns: {', '.join(header)}")
+        # A pair model must see both texts, as in training; a short row's missing cell reads as "".
+        examples = predictor.examples([{"text": r[column] or "", "text_pair": r[pair] or ""} if pair else
+                                       (r[column] or "") for r in rows])
     elif kind in ("conll", "jsonl"):
         examples = predictor.task.read(source, require_labels=False)
         rows = None
@@ -192,14 +195,14 @@ def _looks_like_conll(path: Path) -> bool:
 
 
 def _read_lines(source: str) -> list[str]:
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8-sig")
     from runassist.data.io import split_lines
 
     return [line for line in split_lines(text) if line.strip()]
 
 
 def _read_table(source: str, kind: str) -> tuple[list[dict[str, str]], list[str]]:
-    with open(source, encoding="utf-8", newline="") as handle:
+    with open(source, encoding="utf-8-sig", newline="") as handle:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(handle, delimiter="\t" if kind == "tsv" else ",")
         rows = list(reader)
         return rows, list(reader.fieldnames or [])

@@ -91,3 +91,7 @@ def test_chinese_characters_with_a_char_level_model(tiny_model, tmp_path):
     assert n == 24 and len(got) == 24
     assert {"text", "label", "pred_label", "pred_probs"} <= set(got[0])
     assert sum(r["label"] == r["pred_label"] for r in got) >= 21
+    # Excel's "CSV UTF-8" starts with a byte-order mark: the text column must still be found
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + files["test"].read_bytes())
+    assert predict_file(Predictor.from_run(result.run), str(bom), str(tmp_path / "bom-out.csv")) == 24

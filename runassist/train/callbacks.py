@@ -41,6 +41,10 @@ class TrainContext:
     tokens: int = 0
     padded_tokens: int = 0
     best_state: dict[str, torch.Tensor] | None = None
+    rng: dict[str, Any] | None = None  # generator states at the last step boundary
+    eval_due: bool = False  # an evaluation (which checkpoints) follows this step
+    in_eval: bool = False
+    eval_epoch: float = 0.0
     train_features: list[Any] | None = None
 
     @property
@@ -49,7 +53,9 @@ class TrainContext:
 
     def resumable_state(self) -> dict[str, Any]:
         return {"best": self.best, "bad_evals": self.bad_evals, "extras": self.state.extras,
-                "train_seconds": self.train_seconds, "tokens": self.tokens, "padded_tokens": self.padded_tokens}
+                "train_seconds": self.train_seconds, "tokens": self.tokens, "padded_tokens": self.padded_tokens,
+                "stop_reason": self.stop_reason, "pending_eval": self.in_eval,
+                "pending_epoch": self.eval_epoch}
 
 
 class Callback:
@@ -130,7 +136,8 @@ class Checkpoint(Callback):
         self.every = every
 
     def on_step(self, ctx: TrainContext, info: StepInfo) -> None:
-        if self.every and info.position.step % self.every == 0:
+        # Not when an evaluation follows: it saves after scoring, so the checkpoint holds its result.
+        if self.every and info.position.step % self.every == 0 and not ctx.eval_due:
             self.save(ctx, info.position)
 
     def on_eval(self, ctx: TrainContext, info: StepInfo, scores: dict[str, Any]) -> None:
@@ -140,7 +147,8 @@ class Checkpoint(Callback):
     def save(ctx: TrainContext, position: Position) -> None:
         if ctx.engine.is_main:
             checkpoint.save(ctx.run / "checkpoints" / "last", model=ctx.bare, optimizer=ctx.optimizer,
-                            scheduler=ctx.scheduler, position=position, state=ctx.resumable_state())
+                            scheduler=ctx.scheduler, position=position, state=ctx.resumable_state(),
+                            rng=ctx.rng, best=ctx.best_state)
         ctx.engine.wait()
 
 
@@ -197,7 +205,11 @@ def save_model_dir(ctx: TrainContext) -> Path:
     ctx.tokenizer.save_pretrained(tmp)
     runs.write_json(tmp / "task.json", {"task": ctx.task.name, "labels": ctx.state.labels, "extras": ctx.state.extras,
                                         "adapter": hasattr(model, "peft_config")})
+    # Swap through .model.old so a kill at any moment leaves one complete model folder.
+    old = ctx.run / ".model.old"
+    shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
-        shutil.rmtree(folder)
+        folder.rename(old)
     tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
     return folder

@@ -18,26 +18,38 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from runassist.train.loop import Position
 
 
+def rng_state() -> dict[str, Any]:
+    """Every generator training draws from (dropout, shuffles), as of now."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _jsonable(random.getstate()),
+                           "numpy": _numpy_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
 def save(folder: Path, *, model: torch.nn.Module, optimizer, scheduler, position: Position,
-         state: dict[str, Any]) -> None:
+         state: dict[str, Any], rng: dict[str, Any] | None = None,
+         best: dict[str, torch.Tensor] | None = None) -> None:
+    """``rng``: the generators as of ``position`` (taken at the step boundary; an interrupt may
+    arrive mid-step, after dropout has drawn). ``best``: the best weights so far, in the training
+    model's own layout (adapters included), so a resume keeps the right model/."""
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(model, str(tmp / "model.safetensors"))
+    if best is not None:
+        save_file(best, str(tmp / "best.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
-    payload = {"position": asdict(position), **state,
-               "python_rng": _jsonable(random.getstate()), "numpy_rng": _numpy_state()}
+    rng = rng or rng_state()
+    torch.save({k: rng[k] for k in ("torch", "cuda") if k in rng}, tmp / "rng.pt")
+    payload = {"position": asdict(position), **state, "python_rng": rng["python"], "numpy_rng": rng["numpy"]}
     (tmp / "state.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
     # Swap: last -> .old, tmp -> last, drop .old. A crash between the renames leaves either
     # the old or the new checkpoint complete under one of the names; load() checks both.
@@ -68,6 +80,8 @@ def load(folder: Path, *, model: torch.nn.Module, optimizer, scheduler) -> tuple
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     random.setstate(_tuples(state.pop("python_rng")))
     np.random.set_state(_numpy_restore(state.pop("numpy_rng")))
+    best = folder / "best.safetensors"
+    state["best_state"] = load_file(best) if best.exists() else None
     return Position(**state.pop("position")), state
 
 

@@ -65,6 +65,10 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
         found = checkpoint.find(resume / "checkpoints" / "last")
         if found is None:
             raise RunassistError(f"{resume}: no checkpoint to resume from (checkpoints/last is missing)")
+        status = runs.read_json(resume / "summary.json").get("status") if (resume / "summary.json").exists() else None
+        if status == "finished":
+            raise RunassistError(f"{resume}: the run already finished; nothing to resume (to train on, start a "
+                                 f"new run with model.source={resume}/model)")
         cfg = runs.load_config(resume)
 
     tc = cfg.train
@@ -115,9 +119,11 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
                        mode=es.mode if es else "max", total_steps=schedule.total_steps,
                        merge_lora=tc.lora.merge if tc.lora else True, train_features=train_features)
     start = Position()
+    pending_eval: float | None = None  # the epoch of an evaluation an interrupt cut short
     if resume is not None:
         start, saved = checkpoint.load(found, model=ctx.bare, optimizer=optimizer, scheduler=scheduler)
         _restore(ctx, saved)
+        pending_eval = saved.get("pending_epoch") if saved.get("pending_eval") else None
         if engine.is_main:
             _truncate_metrics(run, start.step)
 
@@ -130,27 +136,37 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     collate = lambda fs: task.collate(fs, tokenizer.pad_token_id)  # noqa: E731
 
     def evaluate(info: StepInfo) -> None:
+        ctx.in_eval, ctx.eval_epoch = True, info.epoch_float
         scores = _dev_scores(ctx, splits.dev, dev_features)
         for cb in callbacks:
             cb.on_eval(ctx, info, scores)
+        ctx.in_eval = False
 
     bar.start(ctx, start.step)
     info = None
-    stopped = "completed"
+    stopped = ctx.stop_reason or "completed"
     try:
+        if pending_eval is not None and splits.dev:  # interrupted while evaluating: finish that evaluation first
+            info = StepInfo(position=start, loss=torch.zeros(()), lr=scheduler.get_last_lr()[0], tokens=0,
+                            padded_tokens=0, epoch_float=pending_eval, end_of_epoch=start.batch == 0,
+                            last=start.step >= schedule.total_steps)
+            evaluate(info)
+            stopped = ctx.stop_reason or stopped
         tick = time.perf_counter()
-        for info in train_steps(model=model, optimizer=optimizer, scheduler=scheduler, engine=engine,
+        for info in ([] if ctx.stop_reason else train_steps(model=model, optimizer=optimizer, scheduler=scheduler, engine=engine,
                                 features=train_features, collate=collate, loss_fn=loss_fn,
                                 batch_size=tc.batch_size, grad_accum=tc.grad_accum, grad_clip=tc.grad_clip,
                                 seed=tc.seed, group_by_length=tc.group_by_length,
-                                total_steps=schedule.total_steps, start=start):
+                                total_steps=schedule.total_steps, start=start)):
             ctx.train_seconds += time.perf_counter() - tick
             ctx.tokens += info.tokens
             ctx.padded_tokens += info.padded_tokens
+            ctx.rng = checkpoint.rng_state()
+            due = info.end_of_epoch if eval_every == "epoch" else info.position.step % eval_every == 0
+            ctx.eval_due = bool(splits.dev) and (due or info.last)
             for cb in callbacks:
                 cb.on_step(ctx, info)
-            due = info.end_of_epoch if eval_every == "epoch" else info.position.step % eval_every == 0
-            if splits.dev and (due or info.last):
+            if ctx.eval_due:
                 evaluate(info)
             if ctx.stop_reason:
                 stopped = ctx.stop_reason
@@ -223,14 +239,8 @@ def _restore(ctx: TrainContext, saved: dict[str, Any]) -> None:
     ctx.train_seconds = saved.get("train_seconds", 0.0)
     ctx.tokens = saved.get("tokens", 0)
     ctx.padded_tokens = saved.get("padded_tokens", 0)
-    model_dir = ctx.run / "model"
-    if ctx.best and (model_dir / "model.safetensors").exists() and not hasattr(ctx.bare, "peft_config"):
-        from safetensors.torch import load_file
-
-        # The best weights so far live in model/; keep them in memory as an uninterrupted run would.
-        best = load_file(model_dir / "model.safetensors")
-        current = ctx.bare.state_dict()
-        ctx.best_state = {k: best.get(k, v).clone() for k, v in current.items()}
+    ctx.stop_reason = saved.get("stop_reason")
+    ctx.best_state = saved.get("best_state")  # the best weights so far, as an uninterrupted run holds them
 
 
 def _truncate_metrics(run: Path, step: int) -> None:

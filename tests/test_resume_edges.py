@@ -1,0 +1,60 @@
+"""Resume edge cases, in process: an interrupt during evaluation, LoRA's best model, finished runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ner_overrides
+from runassist import config
+from runassist.errors import RunassistError
+from runassist.train import run as run_module
+from runassist.train.run import train
+
+SETTINGS = dict(max_steps=12, eval_every=2, lr="3e-3", dropout=0.1, early_stopping="{patience: 10}")
+
+
+def _interrupt_eval_at(monkeypatch, step: int):
+    real = run_module._dev_scores
+    calls = {"n": 0}
+
+    def flaky(ctx, examples, features):
+        calls["n"] += 1
+        if calls["n"] == step // 2:
+            raise KeyboardInterrupt
+        return real(ctx, examples, features)
+
+    monkeypatch.setattr(run_module, "_dev_scores", flaky)
+
+
+@pytest.mark.parametrize("lora", [None, "{r: 4}"])
+def test_interrupt_during_evaluation_then_resume_matches(ner_files, tiny_model, tmp_path, monkeypatch, lora):
+    extra = {"lora": lora} if lora else {}
+    straight = train(config.load(None, ner_overrides(ner_files, tiny_model, tmp_path / "a", **SETTINGS, **extra)),
+                     progress=False)
+    _interrupt_eval_at(monkeypatch, step=8)
+    cfg = config.load(None, ner_overrides(ner_files, tiny_model, tmp_path / "b", **SETTINGS, **extra))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    [run] = [p for p in (tmp_path / "b").iterdir() if (p / "config.yaml").exists()]
+    monkeypatch.undo()
+    resumed = train(None, resume=run, progress=False)
+
+    def evals(r):
+        return [(row["step"], row["f1"]) for row in map(json.loads, (r / "metrics.jsonl").open())
+                if row["kind"] == "eval"]
+
+    assert evals(resumed.run) == evals(straight.run)  # the cut-short evaluation at step 8 was redone
+    assert resumed.summary["best"] == straight.summary["best"]
+    a = load_file(straight.run / "model" / "model.safetensors")
+    b = load_file(resumed.run / "model" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # model/ is the best model in both
+
+
+def test_resuming_a_finished_run_is_refused(ner_files, tiny_model, tmp_path):
+    done = train(config.load(None, ner_overrides(ner_files, tiny_model, tmp_path, max_steps=2)), progress=False)
+    with pytest.raises(RunassistError, match="already finished"):
+        train(None, resume=done.run, progress=False)
