@@ -241,7 +241,8 @@ def predict(run: Path, source: str = typer.Argument(..., metavar="INPUT", help="
             backend: str = typer.Option("torch", "--backend", help="torch | onnx"),
             precision: str = typer.Option("auto", "--precision", help="auto (as trained) | fp32 | bf16"),
             batch_size: int = typer.Option(64, "--batch-size")) -> None:
-    """Predict every item of INPUT (CoNLL, JSONL, CSV/TSV, or text with one document a line)."""
+    """Predict every item of INPUT (CoNLL, JSONL, CSV/TSV, or text with one document a line; blank
+    lines are skipped). CSV/TSV rows come back whole with prediction columns added."""
     from runassist.predict import Predictor, predict_file
 
     predictor = Predictor.from_run(run, backend=backend, batch_size=batch_size, precision=precision)
