@@ -107,6 +107,9 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
         model = torch.compile(model)
 
     n_batches = -(-len(train_features) // tc.batch_size) // engine.world
+    if n_batches < 1:
+        raise DataError(cfg.data.train, None, f"{len(train_features)} training inputs make fewer batches of "
+                                              f"{tc.batch_size} than there are processes ({engine.world})")
     schedule = plan(n_batches, grad_accum=tc.grad_accum, epochs=tc.epochs, max_steps=tc.max_steps)
     scheduler = build_scheduler(optimizer, tc, schedule.total_steps)
     weights = class_weights(tc.class_weights, state.labels, task.label_counts(splits.train))
