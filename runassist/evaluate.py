@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from runassist.errors import RunassistError
-from runassist.inference import split_name, write_eval
+from runassist.inference import write_eval
+from runassist.runs import split_name
 from runassist.predict import Predictor
 
 

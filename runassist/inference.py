@@ -58,13 +58,6 @@ def predict_examples(task: Any, model: torch.nn.Module, tokenizer: Any, examples
     return task.decode(examples, features, logits, state)
 
 
-def split_name(spec: str) -> str:
-    """`wnut16:test` -> `test`; `data/my-dev.conll` -> `my-dev`."""
-    from pathlib import Path
-
-    return spec.rsplit(":", 1)[1] if ":" in spec and not Path(spec).exists() else Path(spec).stem
-
-
 def write_eval(run: Any, split: str, task: Any, examples: Sequence[Any], predictions: Sequence[Any],
                scores: dict[str, Any]) -> dict[str, str]:
     """eval/<split>.json (scores) and eval/<split>.<ext> (predictions beside gold) in the run folder."""

@@ -127,17 +127,11 @@ def _load(run: Path) -> _Run:
     return info
 
 
-def _split_name(spec: str) -> str:
-    """`wnut16:test` -> `test`; `data/my-dev.conll` -> `my-dev`: the rule of inference.split_name,
-    repeated here because runassist.inference imports torch (seconds) and a report needs none."""
-    return spec.rsplit(":", 1)[1] if ":" in spec and not Path(spec).exists() else Path(spec).stem
-
-
 def _find_eval(info: _Run) -> None:
     folder = info.path / "eval"
     names = []
     if info.cfg is not None and info.cfg.data.test:
-        names.append(_split_name(info.cfg.data.test))
+        names.append(runs.split_name(info.cfg.data.test))
     names.append("test")
     for name in dict.fromkeys(names):
         scores = _read_json(folder / f"{name}.json", info, f"eval/{name}.json")

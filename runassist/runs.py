@@ -27,6 +27,11 @@ from runassist.config import Config, OutputConfig, to_yaml
 from runassist.errors import RunassistError
 
 
+def split_name(spec: str) -> str:
+    """The name a split's files get in eval/: `wnut16:test` -> `test`; `data/my-dev.conll` -> `my-dev`."""
+    return spec.rsplit(":", 1)[1] if ":" in spec and not Path(spec).exists() else Path(spec).stem
+
+
 def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

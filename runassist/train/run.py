@@ -13,7 +13,7 @@ from runassist import runs
 from runassist.cache import cached_encode
 from runassist.config import Config
 from runassist.errors import DataError, RunassistError
-from runassist.inference import predict_examples, split_name, write_eval
+from runassist.inference import predict_examples, write_eval
 from runassist.tasks import make_task
 from runassist.tasks.base import TaskState
 from runassist.train import checkpoint
@@ -205,7 +205,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
                                        autocast=engine.autocast())
         test_scores = task.score(splits.test, predictions, state)
         if engine.is_main:
-            write_eval(run, split_name(cfg.data.test), task, splits.test, predictions, test_scores)
+            write_eval(run, runs.split_name(cfg.data.test), task, splits.test, predictions, test_scores)
     in_sync = engine.replicas_in_sync(model)
     if in_sync is False:
         raise RunassistError("processes ended with different weights; the run is not trustworthy")
