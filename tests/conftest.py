@@ -79,6 +79,18 @@ def make_ner_sentences(n: int, seed: int = 0) -> list[list[tuple[str, str]]]:
     return sentences
 
 
+def write_text(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_jsonl(tmp_path: Path, rows: list[object], name: str = "data.jsonl") -> Path:
+    import json
+
+    return write_text(tmp_path, name, "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+
+
 def write_conll(path: Path, sentences) -> Path:
     path.write_text("\n\n".join("\n".join(f"{w}\t{t}" for w, t in s) for s in sentences) + "\n", encoding="utf-8")
     return path

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 
+from conftest import write_jsonl as _jsonl
+from conftest import write_text as _write
 from runassist.config import DataConfig
 from runassist.data.conll import (
     detect_scheme,
@@ -25,16 +25,6 @@ from runassist.data.conll import (
 from runassist.data.load import read_examples
 from runassist.data.records import TokenExample
 from runassist.errors import ConfigError, DataError
-
-
-def _write(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def _jsonl(tmp_path: Path, rows: list[object], name: str = "data.jsonl") -> Path:
-    return _write(tmp_path, name, "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
 
 
 # --------------------------------------------------------------------------- reading

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from conftest import write_jsonl as _jsonl
+from conftest import write_text as _write
 from runassist.config import DataConfig
 from runassist.data.load import load_split, read_examples
 from runassist.data.tabular import read_folder, read_lines, read_texts
 from runassist.errors import ConfigError, DataError
-
-
-def _write(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def _jsonl(tmp_path: Path, rows: list[object], name: str = "data.jsonl") -> Path:
-    return _write(tmp_path, name, "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
 
 
 def test_csv_with_quotes_and_multiline_records(tmp_path):
