@@ -22,17 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import DEMO, log  # noqa: E402  (sets the offline environment first)
 
 import torch  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "examples" / "ner-wnut16.yaml"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def short_run(out: Path, *, max_steps: int, threads: int) -> Path:
