@@ -57,7 +57,7 @@ class NerTask:
         return counts
 
     def example_from_input(self, item: Any) -> TokenExample:
-        """A text (tokenised on white space and punctuation, offsets kept) or a list of words."""
+        """A text (split into words by `data.conll.tokenize_with_offsets`, offsets kept) or a list of words."""
         from runassist.data.conll import tokenize_with_offsets
 
         if isinstance(item, str):
