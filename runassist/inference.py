@@ -19,8 +19,14 @@ def length_sorted_batches(features: Sequence[Feature], batch_size: int) -> list[
 
 @torch.inference_mode()
 def logits_for(model: torch.nn.Module, features: Sequence[Feature], collate: Callable[[Sequence[Feature]], dict],
-               *, batch_size: int = 64, autocast: Any = None, device: torch.device | None = None) -> list[np.ndarray]:
-    """Logits per feature, unpadded (``[tokens, labels]`` for token tasks, ``[labels]`` otherwise)."""
+               *, batch_size: int = 64, autocast: Any = None, device: torch.device | None = None,
+               guard: Any = None, margin: Callable[[Feature, np.ndarray], float] | None = None) -> list[np.ndarray]:
+    """Logits per feature, unpadded (``[tokens, labels]`` for token tasks, ``[labels]`` otherwise).
+
+    With a ``guard`` (export.Guard: an int8 model's full-precision twin and a threshold), the
+    features whose ``margin`` is below the threshold are run again through ``guard.fallback``
+    and take its logits: int8 answers where they are far from flipping, fp32 where they are close.
+    """
     was_training = model.training
     model.eval()
     # An exported model (export.OnnxModel) has no parameters; it names its device instead.
@@ -36,6 +42,13 @@ def logits_for(model: torch.nn.Module, features: Sequence[Feature], collate: Cal
             out[i] = logits[row, :features[i].length] if logits.ndim == 3 else logits[row]
     if was_training:
         model.train()
+    if guard is not None and margin is not None and features:
+        close = [i for i in range(len(features)) if margin(features[i], out[i]) < guard.threshold]
+        if close:
+            again = logits_for(guard.fallback, [features[i] for i in close], collate, batch_size=batch_size)
+            for i, logits in zip(close, again):
+                out[i] = logits
+        guard.count(len(features), len(close))
     return out  # type: ignore[return-value]
 
 
@@ -46,13 +59,14 @@ def _unlabelled(feature: Feature) -> Feature:
 
 def predict_examples(task: Any, model: torch.nn.Module, tokenizer: Any, examples: Sequence[Any], state: Any, *,
                      features: Sequence[Feature] | None = None, batch_size: int = 64, autocast: Any = None,
-                     fit: bool = False) -> list[Any]:
+                     fit: bool = False, guard: Any = None) -> list[Any]:
     """Examples in, task predictions out. With ``fit``, values tuned on these examples
     (multi-label thresholds) are stored in ``state.extras`` before decoding."""
     if features is None:
         features = task.encode(examples, tokenizer, state)
     logits = logits_for(model, features, lambda fs: task.collate(fs, tokenizer.pad_token_id),
-                        batch_size=batch_size, autocast=autocast)
+                        batch_size=batch_size, autocast=autocast, guard=guard,
+                        margin=lambda feature, out: task.margin(feature, out, state))
     if fit:
         state.extras.update(task.fit(examples, features, logits, state))
     return task.decode(examples, features, logits, state)

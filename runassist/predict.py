@@ -26,9 +26,10 @@ BACKENDS = ("torch", "onnx")
 
 class Predictor:
     def __init__(self, *, run: Path, task: Any, model: Any, tokenizer: Any, state: TaskState, cfg: Any,
-                 precision: str = "fp32", batch_size: int = 64, backend: str = "torch"):
+                 precision: str = "fp32", batch_size: int = 64, backend: str = "torch", guard: Any = None):
         self.run, self.task, self.model, self.tokenizer, self.state, self.cfg = run, task, model, tokenizer, state, cfg
         self.batch_size, self.backend, self.precision = batch_size, backend, precision
+        self.guard = guard  # export.Guard: an int8 export's full-precision re-check, else None
         bf16 = precision == "bf16" and backend == "torch"
         self._autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else None
 
@@ -55,10 +56,12 @@ class Predictor:
         state = TaskState(labels=saved["labels"], extras=saved.get("extras", {}))
         tokenizer = load_tokenizer(str(run / "model"))
         quiet_transformers()
+        guard = None
         if backend == "onnx":
-            from runassist.export import OnnxModel
+            from runassist.export import Guard, OnnxModel
 
             model = OnnxModel.load(run)
+            guard = Guard.load(run, model)
         elif saved.get("adapter"):
             from peft import PeftModel
 
@@ -71,7 +74,7 @@ class Predictor:
         if hasattr(model, "eval"):
             model.eval()
         return cls(run=run, task=task, model=model, tokenizer=tokenizer, state=state, cfg=cfg,
-                   precision=precision, batch_size=batch_size, backend=backend)
+                   precision=precision, batch_size=batch_size, backend=backend, guard=guard)
 
     # -- predicting ---------------------------------------------------------
     def examples(self, inputs: Sequence[Any]) -> list[Any]:
@@ -87,7 +90,7 @@ class Predictor:
         if not examples:
             return []
         return predict_examples(self.task, self.model, self.tokenizer, examples, self.state,
-                                batch_size=self.batch_size, autocast=self._autocast)
+                                batch_size=self.batch_size, autocast=self._autocast, guard=self.guard)
 
     def predict(self, inputs: Sequence[Any]) -> list[dict[str, Any]]:
         """Texts (or word lists for NER, or {"text", "text_pair"} for pairs) in, JSON-ready dicts out."""

@@ -69,7 +69,14 @@ def test_ner_export_int8_parity_and_backends_agree(ner_run):
     assert result["int8_method"] == "dynamic" and "int8:blockwise" not in result["checks"]
     assert 0.98 <= result["checks"]["int8:dynamic"]["agreement"] == result["agreement"]
     assert 0.0 <= result["checks"]["int8:dynamic"]["token_agreement"] <= 1.0
+    # the guard: threshold twice the calibrated error, measured on the train split, served as exported
+    guard = result["checks"]["int8:dynamic"]["guard"]
+    assert guard["calibration_split"].endswith("train.conll") and guard["calibration_examples"] == 64
+    assert guard["threshold"] == pytest.approx(2 * guard["logit_error_p999"], abs=1e-3)
+    assert guard["seen"] > 0 and 0 <= guard["rechecked"] <= guard["seen"]
+    assert set(result["checks"]["int8:dynamic"]["unguarded"]) == {"agreement", "identical", "token_agreement"}
     parity = json.loads((folder / "parity.json").read_text())
+    assert parity["guard"] == {"threshold": guard["threshold"]}
     assert parity["active"] == "model.int8.onnx" and parity["split"].endswith("dev.conll")
     assert parity["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
 
@@ -96,10 +103,67 @@ def test_ner_export_int8_parity_and_backends_agree(ner_run):
     int8 = onnx_pred.predict(TEXTS)
     assert [len(r["tags"]) for r in int8] == [len(r["tags"]) for r in reference]
 
+    assert onnx_pred.guard is not None and onnx_pred.guard.threshold == guard["threshold"]
+    assert onnx_pred.guard.fallback.path == folder / "model.onnx"
+
     # exporting again without --quantize replaces the whole export: no stale int8 file stays active
     again = export(ner_run)
     assert again["passed"] and not (folder / "model.int8.onnx").exists()
     assert OnnxModel.load(ner_run).path.name == "model.onnx"
+    assert Predictor.from_run(ner_run, backend="onnx").guard is None and json.loads(
+        (folder / "parity.json").read_text())["guard"] is None
+
+
+def test_guard_reruns_exactly_the_close_calls_in_fp32(ner_run):
+    from runassist.export import Guard
+
+    export(ner_run, quantize="int8")
+    folder = ner_run / "onnx"
+    torch_pred = Predictor.from_run(ner_run)
+    guarded = Predictor.from_run(ner_run, backend="onnx")
+    plain = Predictor(run=ner_run, task=torch_pred.task, model=OnnxModel(folder / "model.int8.onnx"),
+                      tokenizer=torch_pred.tokenizer, state=torch_pred.state, cfg=torch_pred.cfg, backend="onnx")
+    fp32 = Predictor(run=ner_run, task=torch_pred.task, model=OnnxModel(folder / "model.onnx"),
+                     tokenizer=torch_pred.tokenizer, state=torch_pred.state, cfg=torch_pred.cfg, backend="onnx")
+    task, state = torch_pred.task, torch_pred.state
+    examples = torch_pred.examples(TEXTS)
+    features = task.encode(examples, torch_pred.tokenizer, state)
+    from runassist.inference import logits_for
+
+    low = logits_for(plain.model, features, lambda fs: task.collate(fs, torch_pred.tokenizer.pad_token_id))
+    margins = sorted(task.margin(f, x, state) for f, x in zip(features, low))
+    cut = (margins[len(margins) // 2 - 1] + margins[len(margins) // 2]) / 2  # half the windows below
+
+    def scores(predictor):
+        return [(p.tags, p.scores) for p in predictor.predict_examples(examples)]
+
+    guarded.guard = Guard(fp32.model, float("inf"))  # every window re-run: the fp32 answers, to the digit
+    assert scores(guarded) == scores(fp32) and guarded.guard.rechecked == guarded.guard.seen == len(features)
+    guarded.guard = Guard(fp32.model, float("-inf"))  # none: the int8 answers
+    assert scores(guarded) == scores(plain) and guarded.guard.rechecked == 0
+    guarded.guard = Guard(fp32.model, cut)
+    guarded.predict_examples(examples)
+    assert guarded.guard.rechecked == len(features) // 2 and guarded.guard.describe()["rechecked_share"] == round(
+        (len(features) // 2) / len(features), 4)
+
+
+def test_task_margins_are_distances_to_a_flip():
+    from runassist.config import DataConfig, ModelConfig, TaskConfig
+    from runassist.tasks.base import Feature, TaskState
+    from runassist.tasks.classify import ClassifyTask
+    from runassist.tasks.ner import NerTask
+
+    ner = NerTask(TaskConfig(name="ner"), DataConfig(), ModelConfig(source="x"))
+    feature = Feature(example=0, inputs={"input_ids": [0] * 4}, meta=[(0, 1, 0), (1, 3, 0)])
+    logits = np.array([[0.0, 9.0, 0.0], [2.0, 1.0, 0.0], [5.0, 5.0, 0.0], [0.5, 3.0, 2.0]])
+    assert ner.margin(feature, logits, TaskState(labels=["O", "B-X", "I-X"])) == pytest.approx(1.0)  # row 3, not 2
+    assert ner.margin(Feature(example=0, inputs={"input_ids": [0]}, meta=[]), logits, None) == float("inf")
+
+    single = ClassifyTask(TaskConfig(name="classify"), DataConfig(), ModelConfig(source="x"))
+    assert single.margin(feature, np.array([0.2, 1.5, -3.0]), TaskState(labels=["a", "b", "c"])) == pytest.approx(1.3)
+    multi = ClassifyTask(TaskConfig(name="classify", multi_label=True), DataConfig(), ModelConfig(source="x"))
+    state = TaskState(labels=["a", "b"], extras={"thresholds": [0.5, 0.880797]})  # logits 0 and 2
+    assert multi.margin(feature, np.array([-3.0, 2.25]), state) == pytest.approx(0.5, abs=1e-5)
 
 
 def test_failed_parity_is_kept_apart(ner_run, monkeypatch):

@@ -75,6 +75,16 @@ class Task(Protocol):
     def fit(self, examples: Sequence[Any], features: Sequence[Feature], logits: Sequence[np.ndarray],
             state: TaskState) -> dict[str, Any]: ...
 
+    def decision_rows(self, feature: Feature, logits: np.ndarray) -> np.ndarray:
+        """The rows of this feature's logits that ``decode`` reads, as ``[rows, labels]``."""
+        ...
+
+    def margin(self, feature: Feature, logits: np.ndarray, state: TaskState) -> float:
+        """How far the decisions ``decode`` reads from this feature's logits are from flipping, in
+        logits: a change of every logit by less than half of it cannot change them. The int8
+        guard (export.Guard) re-runs features below its threshold at full precision."""
+        ...
+
     def score(self, examples: Sequence[Any], predictions: Sequence[Any], state: TaskState) -> dict[str, Any]: ...
 
     def to_json(self, example: Any, prediction: Any) -> dict[str, Any]: ...

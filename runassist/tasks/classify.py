@@ -210,6 +210,22 @@ class ClassifyTask:
                     gold[row, index[label]] = 1
         return {"thresholds": [float(t) for t in tune_thresholds(probs, gold)]}
 
+    def decision_rows(self, feature: Feature, logits: np.ndarray) -> np.ndarray:
+        return np.asarray(logits).reshape(1, -1)
+
+    def margin(self, feature: Feature, logits: np.ndarray, state: TaskState) -> float:
+        """Single-label: the gap between the top two logits. Multi-label: twice the smallest
+        distance of a logit from its threshold's logit (one logit moving is enough to flip it).
+        For a text cut into windows this is the margin of one window, a proxy for the average's."""
+        row = self.decision_rows(feature, logits).astype(np.float64)[0]
+        if self.multi_label:
+            t = np.clip(np.asarray(_thresholds(state)), 1e-6, 1 - 1e-6)
+            return float(2 * np.abs(row - np.log(t / (1 - t))).min())
+        if row.size < 2:
+            return float("inf")
+        top2 = np.partition(row, -2)[-2:]
+        return float(top2[1] - top2[0])
+
     def score(self, examples: Sequence[TextExample], predictions: Sequence[LabelPrediction],
               state: TaskState) -> dict[str, Any]:
         from runassist.metrics.classification import score_multi, score_single

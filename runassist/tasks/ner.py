@@ -163,6 +163,18 @@ class NerTask:
     def fit(self, examples, features, logits, state) -> dict[str, Any]:
         return {}  # nothing to tune on dev for NER
 
+    def decision_rows(self, feature: Feature, logits: np.ndarray) -> np.ndarray:
+        """The first sub-token of each word this window predicts."""
+        return np.asarray(logits)[[pos for _, pos, _ in feature.meta]]
+
+    def margin(self, feature: Feature, logits: np.ndarray, state: TaskState) -> float:
+        """The smallest gap between the top two tags at the positions ``decode`` reads."""
+        rows = self.decision_rows(feature, logits)
+        if rows.shape[0] == 0 or rows.shape[-1] < 2:
+            return float("inf")
+        top2 = np.partition(rows, -2, axis=-1)[:, -2:]
+        return float((top2[:, 1] - top2[:, 0]).min())
+
     def score(self, examples: Sequence[TokenExample], predictions: Sequence[TagPrediction],
               state: TaskState) -> dict[str, Any]:
         from runassist.metrics.entities import score_entities
