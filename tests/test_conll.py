@@ -213,11 +213,30 @@ def test_tokenize_with_offsets():
     # "'quoted'" and "$100" are punctuation at edges; a lone mark is a word
     ("'quoted' $100 100% @", ["'", "quoted", "'", "$", "100", "100", "%", "@"]),
     ("I love 北京，you?", ["I", "love", "北", "京", "，", "you", "?"]),
+    # an abbreviation keeps its period before other punctuation; "8)" and "x)" are not emoticons
+    ("the U.S., (U.S.) (page 8) x)", ["the", "U.S.", ",", "(", "U.S.", ")", "(", "page", "8", ")", "x", ")"]),
+    # emoji variation selectors stay on their emoji, never glue it to a word
+    ("I \u2764\ufe0fParis O'sullivan's", ["I", "\u2764\ufe0f", "Paris", "O'sullivan", "'s"]),
 ])
 def test_raw_text_words_follow_ner_corpora(text, words):
     tokens, offsets = tokenize_with_offsets(text)
     assert tokens == words
     assert [text[s:e] for s, e in offsets] == tokens
+
+
+def test_raw_text_words_cover_every_character_once():
+    """Random strings of the characters the rules treat specially: offsets are in order and in
+    range, each word is its slice, no word holds white space, and nothing is lost or doubled."""
+    import random
+
+    rng = random.Random(7)
+    alphabet = "ab8x .,'\u2019@#:;)(&-_\u0301\ufe0f\u200d\u2764\u5317\U0001f600\t\n\u00a0US"
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
+        tokens, offsets = tokenize_with_offsets(text, cuts=[rng.randint(0, len(text)) for _ in range(3)])
+        assert offsets == sorted(offsets) and all(0 <= a < b <= len(text) for a, b in offsets), text
+        assert [text[a:b] for a, b in offsets] == tokens, text
+        assert "".join(tokens) == "".join(c for c in text if not c.isspace()), text
 
 
 def test_wnut_sentences_joined_by_spaces_split_back_into_their_words():
@@ -273,10 +292,13 @@ def test_jsonl_span_rows_are_not_reconverted_as_bioes(tmp_path):
 
 
 def test_jsonl_span_edges_split_words_at_punctuation(tmp_path):
-    (example,) = read_token_jsonl(_jsonl(tmp_path, [{"text": "a Paris-based firm", "entities": [
-        {"start": 2, "end": 7, "label": "LOC"}]}]))
+    (example, other) = read_token_jsonl(_jsonl(tmp_path, [
+        {"text": "a Paris-based firm", "entities": [{"start": 2, "end": 7, "label": "LOC"}]},
+        {"text": "Obama's dog", "entities": [[0, 5, "PER"]]}]))
     assert example.tokens == ("a", "Paris", "-", "based", "firm")
     assert example.tags == ("O", "B-LOC", "O", "O", "O")
+    assert other.tokens == ("Obama", "'s", "dog")  # as raw text of the same words is split
+    assert other.tags == ("B-PER", "O", "O")
 
 
 def test_jsonl_span_off_token_boundary_names_the_line(tmp_path):
