@@ -92,16 +92,20 @@ def main(argv: list[str] | None = None) -> dict:
         run = short_run(out, max_steps=args.train_steps, threads=threads)
     exported = None
     int8 = run / "onnx" / "model.int8.onnx"
-    if args.reexport or not (int8.exists() or (run / "onnx" / "rejected" / int8.name).exists()):
+    rejected = sorted((run / "onnx" / "rejected").glob("model.int8.*.onnx"))  # as export names them
+    if args.reexport or not (int8.exists() or rejected):
         log("exporting to ONNX (int8) with the parity check ...")
         exported = export(run, quantize="int8")
         log(f"export: passed={exported['passed']} agreement={exported['agreement']} "
             f"({exported['seconds']}s)")
+        rejected = sorted((run / "onnx" / "rejected").glob("model.int8.*.onnx"))
     accepted = int8.exists()
     if not accepted:
-        # Measured anyway, so the figures exist; the JSON says the file is not one `--backend onnx` would use.
-        int8 = run / "onnx" / "rejected" / int8.name
-        log(f"note: the int8 file failed its parity check (see {run / 'onnx' / 'parity.json'}); measuring it anyway")
+        if not rejected:
+            raise SystemExit(f"{run}: the export made no int8 file (see {run / 'onnx' / 'parity.json'})")
+        # Measured anyway (unguarded), so the figures exist; the JSON says `--backend onnx` would not use it.
+        int8 = rejected[0]
+        log(f"note: {int8.name} failed its parity check (see {run / 'onnx' / 'parity.json'}); measuring it anyway")
 
     texts, gold = texts_for(n)
     log(f"{n} texts, {rounds} rounds, threads={threads}, load={load_before:.2f}; loading contestants ...")
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     if accepted:  # what `--backend onnx` serves: the int8 file with its guard
         onnx_pred = Predictor.from_run(run, backend="onnx", batch_size=args.batch_size, threads=threads)
         assert onnx_pred.model.path == int8
+        if onnx_pred.guard is None:
+            log("note: this export predates the int8 guard; pass --reexport to measure int8 as served now")
     else:
         onnx_pred = onnx_predictor(int8)
     bare_pred = onnx_predictor(int8)  # the same int8 file, no guard
@@ -199,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.batch_size, "run": str(run), "texts_same_words": words_share, "heldout_texts": len(gold),
         "entities": sum(len(o) for o in outputs["pipeline"]),
         "load_avg": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
-        "int8_accepted": accepted,
+        "int8_accepted": accepted, "int8_file": str(int8),
         "parity": _parity(run),
         "export": None if exported is None else {k: exported[k] for k in
                                                   ("agreement", "metric_torch", "metric_onnx", "passed", "seconds",

@@ -25,7 +25,7 @@ of 4% of WNUT-16 dev sentences. So an int8 file is served with a **guard** (``Gu
 input whose decision margin (``Task.margin``: the gap between the top two logits at the
 positions decoding reads) is below a threshold is run again through the fp32 graph. The
 threshold is twice the 99.9th percentile of |int8 - fp32| differences of the logits decoding
-reads, on a sample of the training split, measured at export; parity is then checked on dev
+reads, on a sample of the training split (dev if it is gone), measured at export; parity is then checked on dev
 with the guard on, and the unguarded figures are kept beside it in parity.json.
 """
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 import shutil
 import time
 import warnings
@@ -118,7 +119,10 @@ class Guard:
     (see the module docstring). Counts the features it saw and re-ran."""
 
     def __init__(self, fallback: OnnxModel, threshold: float):
-        self.fallback, self.threshold = fallback, float(threshold)
+        threshold = float(threshold)
+        if not (math.isfinite(threshold) and threshold >= 0):
+            raise RunassistError(f"int8 guard threshold {threshold}: expected a finite number >= 0; export again")
+        self.fallback, self.threshold = fallback, threshold
         self.seen = self.rechecked = 0
 
     @classmethod
@@ -130,7 +134,11 @@ class Guard:
         guard = runs.read_json(parity_path).get("guard") if parity_path.exists() else None
         if not guard or guard.get("threshold") is None:
             return None  # exported before guards existed: int8 answers as they are
-        return cls(OnnxModel(model.path.with_name(FP32), threads=model.threads), guard["threshold"])
+        fp32 = model.path.with_name(FP32)
+        if not fp32.is_file():
+            raise RunassistError(f"{fp32}: missing; the int8 model's guard re-runs close calls with it. "
+                                 f"Export again: runassist export {run} --quantize int8")
+        return cls(OnnxModel(fp32, threads=model.threads), guard["threshold"])
 
     def count(self, seen: int, rechecked: int) -> None:
         self.seen += seen
@@ -327,8 +335,14 @@ def _calibrate(reference: Any, fp32: Path, int8: Path) -> dict[str, Any]:
     from runassist.inference import logits_for
 
     data = reference.cfg.data
-    spec = data.train or data.dev or data.test
-    examples = reference.task.read(spec)
+    for spec in dict.fromkeys(s for s in (data.train, data.dev, data.test) if s):
+        try:
+            examples = reference.task.read(spec)
+            break
+        except RunassistError:  # the training file may be gone by export time: calibrate on dev
+            continue
+    else:
+        raise RunassistError("export: no split of the run's config can be read to calibrate the int8 guard")
     step = max(1, len(examples) // CALIBRATION_EXAMPLES)
     sample = examples[::step][:CALIBRATION_EXAMPLES]
     features = reference.task.encode(sample, reference.tokenizer, reference.state)

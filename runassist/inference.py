@@ -20,12 +20,14 @@ def length_sorted_batches(features: Sequence[Feature], batch_size: int) -> list[
 @torch.inference_mode()
 def logits_for(model: torch.nn.Module, features: Sequence[Feature], collate: Callable[[Sequence[Feature]], dict],
                *, batch_size: int = 64, autocast: Any = None, device: torch.device | None = None,
-               guard: Any = None, margin: Callable[[Feature, np.ndarray], float] | None = None) -> list[np.ndarray]:
+               guard: Any = None,
+               margins: Callable[[Sequence[Feature], list[np.ndarray]], list[float]] | None = None) -> list[np.ndarray]:
     """Logits per feature, unpadded (``[tokens, labels]`` for token tasks, ``[labels]`` otherwise).
 
     With a ``guard`` (export.Guard: an int8 model's full-precision twin and a threshold), the
-    features whose ``margin`` is below the threshold are run again through ``guard.fallback``
-    and take its logits: int8 answers where they are far from flipping, fp32 where they are close.
+    features whose ``margins`` are below the threshold (or NaN) are run again through
+    ``guard.fallback`` and take its logits: int8 answers where they are far from flipping, fp32
+    where they are close.
     """
     was_training = model.training
     model.eval()
@@ -42,8 +44,8 @@ def logits_for(model: torch.nn.Module, features: Sequence[Feature], collate: Cal
             out[i] = logits[row, :features[i].length] if logits.ndim == 3 else logits[row]
     if was_training:
         model.train()
-    if guard is not None and margin is not None and features:
-        close = [i for i in range(len(features)) if margin(features[i], out[i]) < guard.threshold]
+    if guard is not None and margins is not None and features:
+        close = [i for i, m in enumerate(margins(features, out)) if not m >= guard.threshold]  # NaN: re-run
         if close:
             again = logits_for(guard.fallback, [features[i] for i in close], collate, batch_size=batch_size)
             for i, logits in zip(close, again):
@@ -66,7 +68,7 @@ def predict_examples(task: Any, model: torch.nn.Module, tokenizer: Any, examples
         features = task.encode(examples, tokenizer, state)
     logits = logits_for(model, features, lambda fs: task.collate(fs, tokenizer.pad_token_id),
                         batch_size=batch_size, autocast=autocast, guard=guard,
-                        margin=lambda feature, out: task.margin(feature, out, state))
+                        margins=lambda fs, out: task.margins(fs, out, state))
     if fit:
         state.extras.update(task.fit(examples, features, logits, state))
     return task.decode(examples, features, logits, state)

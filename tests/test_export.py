@@ -131,20 +131,41 @@ def test_guard_reruns_exactly_the_close_calls_in_fp32(ner_run):
     from runassist.inference import logits_for
 
     low = logits_for(plain.model, features, lambda fs: task.collate(fs, torch_pred.tokenizer.pad_token_id))
-    margins = sorted(task.margin(f, x, state) for f, x in zip(features, low))
+    margins = sorted(task.margins(features, low, state))
     cut = (margins[len(margins) // 2 - 1] + margins[len(margins) // 2]) / 2  # half the windows below
 
     def scores(predictor):
         return [(p.tags, p.scores) for p in predictor.predict_examples(examples)]
 
-    guarded.guard = Guard(fp32.model, float("inf"))  # every window re-run: the fp32 answers, to the digit
+    guarded.guard = Guard(fp32.model, 1e9)  # every window re-run: the fp32 answers, to the digit
     assert scores(guarded) == scores(fp32) and guarded.guard.rechecked == guarded.guard.seen == len(features)
-    guarded.guard = Guard(fp32.model, float("-inf"))  # none: the int8 answers
+    guarded.guard = Guard(fp32.model, 0.0)  # none (margins are >= 0): the int8 answers
     assert scores(guarded) == scores(plain) and guarded.guard.rechecked == 0
     guarded.guard = Guard(fp32.model, cut)
     guarded.predict_examples(examples)
     assert guarded.guard.rechecked == len(features) // 2 and guarded.guard.describe()["rechecked_share"] == round(
         (len(features) // 2) / len(features), 4)
+
+
+def test_guard_calibrates_on_dev_when_train_is_gone_and_needs_its_fp32_twin(ner_run, monkeypatch):
+    from runassist.errors import DataError
+    from runassist.tasks.ner import NerTask
+
+    real = NerTask.read
+
+    def read(self, spec, **kw):
+        if spec.endswith("train.conll"):
+            raise DataError(spec, None, "file not found")
+        return real(self, spec, **kw)
+
+    monkeypatch.setattr(NerTask, "read", read)
+    result = export(ner_run, quantize="int8")
+    assert result["passed"] and result["guard"]["calibration_split"].endswith("dev.conll")
+    monkeypatch.setattr(NerTask, "read", real)
+    (ner_run / "onnx" / "model.onnx").unlink()
+    with pytest.raises(RunassistError, match="model.onnx: missing.*export"):
+        Predictor.from_run(ner_run, backend="onnx")
+    export(ner_run, quantize="int8")
 
 
 def test_task_margins_are_distances_to_a_flip():
@@ -155,16 +176,57 @@ def test_task_margins_are_distances_to_a_flip():
 
     ner = NerTask(TaskConfig(name="ner"), DataConfig(), ModelConfig(source="x"))
     feature = Feature(example=0, inputs={"input_ids": [0] * 4}, meta=[(0, 1, 0), (1, 3, 0)])
+    empty = Feature(example=1, inputs={"input_ids": [0]}, meta=[])
     logits = np.array([[0.0, 9.0, 0.0], [2.0, 1.0, 0.0], [5.0, 5.0, 0.0], [0.5, 3.0, 2.0]])
-    assert ner.margin(feature, logits, TaskState(labels=["O", "B-X", "I-X"])) == pytest.approx(1.0)  # row 3, not 2
-    assert ner.margin(Feature(example=0, inputs={"input_ids": [0]}, meta=[]), logits, None) == float("inf")
+    state = TaskState(labels=["O", "B-X", "I-X"])
+    assert ner.margins([feature, empty], [logits, logits[:1]], state) == pytest.approx([1.0, float("inf")])  # row 3
 
     single = ClassifyTask(TaskConfig(name="classify"), DataConfig(), ModelConfig(source="x"))
-    assert single.margin(feature, np.array([0.2, 1.5, -3.0]), TaskState(labels=["a", "b", "c"])) == pytest.approx(1.3)
+    one = Feature(example=0, inputs={"input_ids": [0]})
+    assert single.margins([one], [np.array([0.2, 1.5, -3.0])], TaskState(labels=["a", "b", "c"])) == \
+        pytest.approx([1.3])
+    # a text in two windows is decided on their average: each window is far from a flip, the text is not
+    windows = [Feature(example=0, inputs={"input_ids": [0]}), Feature(example=0, inputs={"input_ids": [0]})]
+    assert single.margins(windows, [np.array([5.0, 0.0]), np.array([-4.98, 0.0])], TaskState(labels=["a", "b"])) \
+        == pytest.approx([0.01, 0.01])
     multi = ClassifyTask(TaskConfig(name="classify", multi_label=True), DataConfig(), ModelConfig(source="x"))
     state = TaskState(labels=["a", "b"], extras={"thresholds": [0.5, 0.880797]})  # logits 0 and 2
-    assert multi.margin(feature, np.array([-3.0, 2.25]), state) == pytest.approx(0.5, abs=1e-5)
+    assert multi.margins([one], [np.array([-3.0, 2.25])], state) == pytest.approx([0.5], abs=1e-5)
 
+
+def test_guard_reruns_nan_and_refuses_bad_thresholds(tmp_path):
+    from runassist.export import Guard
+    from runassist.inference import logits_for
+    from runassist.tasks.base import Feature
+
+    class Fixed:  # logits [value, 0] for every input; NaN for input 0 if asked
+        device, training = torch.device("cpu"), False
+
+        def __init__(self, value, nan=False):
+            self.value, self.nan = value, nan
+
+        def eval(self):
+            return self
+
+        def __call__(self, input_ids, **_):
+            out = torch.zeros((input_ids.shape[0], 2))
+            out[:, 0] = self.value
+            if self.nan:
+                out[input_ids[:, 0] == 0] = float("nan")
+            return type("Out", (), {"logits": out})()
+
+    features = [Feature(example=i, inputs={"input_ids": [i]}) for i in range(3)]
+    collate = lambda fs: {"input_ids": torch.tensor([f.inputs["input_ids"] for f in fs])}  # noqa: E731
+    guard = Guard.__new__(Guard)
+    guard.fallback, guard.threshold, guard.seen, guard.rechecked = Fixed(7.0), 0.5, 0, 0
+    out = logits_for(Fixed(1.0, nan=True), features, collate, guard=guard,
+                     margins=lambda fs, xs: [float(x[0] - x[1]) if np.isfinite(x).all() else float("nan")
+                                             for x in xs])
+    # the NaN answer is re-run (a NaN margin compares False with any threshold); the others kept
+    assert guard.rechecked == 1 and out[0].tolist() == [7.0, 0.0] and out[1].tolist() == [1.0, 0.0]
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(RunassistError, match="guard threshold"):
+            Guard(None, bad)
 
 def test_failed_parity_is_kept_apart(ner_run, monkeypatch):
     import runassist.export as export_module

@@ -79,10 +79,11 @@ class Task(Protocol):
         """The rows of this feature's logits that ``decode`` reads, as ``[rows, labels]``."""
         ...
 
-    def margin(self, feature: Feature, logits: np.ndarray, state: TaskState) -> float:
-        """How far the decisions ``decode`` reads from this feature's logits are from flipping, in
-        logits: a change of every logit by less than half of it cannot change them. The int8
-        guard (export.Guard) re-runs features below its threshold at full precision."""
+    def margins(self, features: Sequence[Feature], logits: Sequence[np.ndarray], state: TaskState) -> list[float]:
+        """Per feature: how far the decisions ``decode`` makes from it are from flipping, in logits
+        (a change of every logit by less than half of it cannot change them). Where decode combines
+        several features (a text's windows), each gets the margin of the combined decision. The
+        int8 guard (export.Guard) re-runs features below its threshold at full precision."""
         ...
 
     def score(self, examples: Sequence[Any], predictions: Sequence[Any], state: TaskState) -> dict[str, Any]: ...

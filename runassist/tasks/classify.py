@@ -213,18 +213,29 @@ class ClassifyTask:
     def decision_rows(self, feature: Feature, logits: np.ndarray) -> np.ndarray:
         return np.asarray(logits).reshape(1, -1)
 
-    def margin(self, feature: Feature, logits: np.ndarray, state: TaskState) -> float:
-        """Single-label: the gap between the top two logits. Multi-label: twice the smallest
-        distance of a logit from its threshold's logit (one logit moving is enough to flip it).
-        For a text cut into windows this is the margin of one window, a proxy for the average's."""
-        row = self.decision_rows(feature, logits).astype(np.float64)[0]
+    def margins(self, features: Sequence[Feature], logits: Sequence[np.ndarray], state: TaskState) -> list[float]:
+        """Margin of each text's decision on its averaged window logits (what ``decode`` reads),
+        given to each of its windows. Single-label: the gap between the top two logits.
+        Multi-label: twice the smallest distance of a logit from its threshold's logit (one
+        logit moving is enough to flip it)."""
+        if not features:
+            return []
+        n = max(f.example for f in features) + 1
+        width = np.asarray(logits[0]).size
+        sums, counts = np.zeros((n, width)), np.zeros(n)
+        for feature, x in zip(features, logits):
+            sums[feature.example] += np.asarray(x, dtype=np.float64).reshape(width)
+            counts[feature.example] += 1
+        mean = sums / np.maximum(counts, 1)[:, None]
         if self.multi_label:
             t = np.clip(np.asarray(_thresholds(state)), 1e-6, 1 - 1e-6)
-            return float(2 * np.abs(row - np.log(t / (1 - t))).min())
-        if row.size < 2:
-            return float("inf")
-        top2 = np.partition(row, -2)[-2:]
-        return float(top2[1] - top2[0])
+            per_text = 2 * np.abs(mean - np.log(t / (1 - t))).min(axis=1)
+        elif width < 2:
+            per_text = np.full(n, np.inf)
+        else:
+            top2 = np.partition(mean, -2, axis=1)[:, -2:]
+            per_text = top2[:, 1] - top2[:, 0]
+        return [float(per_text[f.example]) for f in features]
 
     def score(self, examples: Sequence[TextExample], predictions: Sequence[LabelPrediction],
               state: TaskState) -> dict[str, Any]:

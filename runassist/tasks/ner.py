@@ -167,13 +167,18 @@ class NerTask:
         """The first sub-token of each word this window predicts."""
         return np.asarray(logits)[[pos for _, pos, _ in feature.meta]]
 
-    def margin(self, feature: Feature, logits: np.ndarray, state: TaskState) -> float:
-        """The smallest gap between the top two tags at the positions ``decode`` reads."""
-        rows = self.decision_rows(feature, logits)
-        if rows.shape[0] == 0 or rows.shape[-1] < 2:
-            return float("inf")
-        top2 = np.partition(rows, -2, axis=-1)[:, -2:]
-        return float((top2[:, 1] - top2[:, 0]).min())
+    def margins(self, features: Sequence[Feature], logits: Sequence[np.ndarray], state: TaskState) -> list[float]:
+        """Per window, the smallest gap between the top two tags at the positions ``decode`` reads
+        (each word is decoded from one window, so a window's margin is its own)."""
+        out = []
+        for feature, x in zip(features, logits):
+            rows = self.decision_rows(feature, x)
+            if rows.shape[0] == 0 or rows.shape[-1] < 2:
+                out.append(float("inf"))
+                continue
+            top2 = np.partition(rows, -2, axis=-1)[:, -2:]
+            out.append(float((top2[:, 1] - top2[:, 0]).min()))
+        return out
 
     def score(self, examples: Sequence[TokenExample], predictions: Sequence[TagPrediction],
               state: TaskState) -> dict[str, Any]:
