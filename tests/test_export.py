@@ -4,6 +4,7 @@ parity is checked on dev, and an export that fails parity is kept apart and neve
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -192,6 +193,22 @@ def test_task_margins_are_distances_to_a_flip():
     multi = ClassifyTask(TaskConfig(name="classify", multi_label=True), DataConfig(), ModelConfig(source="x"))
     state = TaskState(labels=["a", "b"], extras={"thresholds": [0.5, 0.880797]})  # logits 0 and 2
     assert multi.margins([one], [np.array([-3.0, 2.25])], state) == pytest.approx([0.5], abs=1e-5)
+
+
+def test_service_reports_the_guard(ner_run):
+    from fastapi.testclient import TestClient
+
+    from runassist.serve import ServeSettings, create_app
+
+    export(ner_run, quantize="int8")
+    predictor = Predictor.from_run(ner_run, backend="onnx")
+    with TestClient(create_app(predictor, settings=ServeSettings(max_wait_ms=1))) as client:
+        assert client.post("/v1/predict", json={"inputs": TEXTS}).status_code == 200
+        text = client.get("/metrics").text
+    seen = int(re.search(r"^runassist_int8_windows_total (\d+)$", text, re.M).group(1))
+    rechecked = int(re.search(r"^runassist_int8_rechecked_total (\d+)$", text, re.M).group(1))
+    assert "# TYPE runassist_int8_rechecked_total counter" in text
+    assert seen == predictor.guard.seen > len(TEXTS) and rechecked == predictor.guard.rechecked <= seen
 
 
 def test_guard_reruns_nan_and_refuses_bad_thresholds(tmp_path):

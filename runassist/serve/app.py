@@ -102,7 +102,7 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
     and ``task.to_json``, as ``runassist.predict.Predictor`` has)."""
     info = predictor.info()
     tool = tool_definition(predictor, limits=settings.limits)
-    metrics = Metrics()
+    metrics = Metrics(guard=getattr(predictor, "guard", None))
     batcher = Batcher(lambda examples: predict_json(predictor, examples), max_batch_size=settings.max_batch_size,
                       max_wait_ms=settings.max_wait_ms, on_batch=metrics.observe_batch)
     metrics.queue.read = lambda: batcher.queued_items

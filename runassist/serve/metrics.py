@@ -84,19 +84,27 @@ class Histogram:
 
 
 class Gauge:
+    kind = "gauge"
+
     def __init__(self, name: str, help: str, read):
         self.name, self.help, self.read = name, help, read
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} gauge"
+        yield f"# TYPE {self.name} {self.kind}"
         yield f"{self.name} {_number(float(self.read()))}"
+
+
+class CounterView(Gauge):
+    """A counter kept elsewhere (the int8 guard's), read at scrape time."""
+
+    kind = "counter"
 
 
 class Metrics:
     """The service's metrics; one instance per app."""
 
-    def __init__(self, *, queued_items=lambda: 0):
+    def __init__(self, *, queued_items=lambda: 0, guard=None):
         self._lock = threading.Lock()
         self.requests = Counter("runassist_requests_total", "HTTP requests by route, method and status code.",
                                 ("route", "method", "status"))
@@ -116,6 +124,12 @@ class Metrics:
         self.predicting = 0
         self.in_flight = Gauge("runassist_predict_in_flight", "POST /v1/predict requests being answered.",
                                lambda: self.predicting)
+        # With an int8 ONNX model: how often its guard sent a close call to the fp32 model.
+        self.guard = [] if guard is None else [
+            CounterView("runassist_int8_windows_total", "Model inputs (windows) the int8 model answered.",
+                        lambda: guard.seen),
+            CounterView("runassist_int8_rechecked_total", "Of those, re-run in fp32 because their decision "
+                        f"margin was below the guard threshold ({guard.threshold}).", lambda: guard.rechecked)]
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -136,6 +150,7 @@ class Metrics:
     def render(self) -> str:
         with self._lock:
             lines = [line for metric in (self.requests, self.latency, self.errors, self.inputs, self.batch_size,
-                                         self.batch_requests, self.batch_latency, self.queue, self.in_flight)
+                                         self.batch_requests, self.batch_latency, self.queue, self.in_flight,
+                                         *self.guard)
                      for line in metric.render()]
         return "\n".join(lines) + "\n"
