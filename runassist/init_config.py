@@ -70,7 +70,8 @@ COMMENTS: dict[str, str] = {
     "train.early_stopping.mode": "max (higher is better) | min",
     "train.early_stopping.patience": "evaluations without improvement before stopping",
     "train.early_stopping.min_delta": "smallest change that counts as an improvement",
-    "train.group_by_length": "batch similar lengths together: less padding, same results, faster",
+    "train.group_by_length": ("batch similar lengths together: less padding, faster; on WNUT-16 (1,916 tweets) "
+                              "false gave +0.02 test F1 over 4 seeds at ~30% fewer tokens/s"),
     "train.compile": "torch.compile the model: sometimes faster on GPU, slower to start",
     "train.threads": "CPU threads; empty picks the free cores (a busy core makes 2 threads much slower than 1)",
     "output": "where the run folder goes",
