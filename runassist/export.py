@@ -192,8 +192,8 @@ def export(run: str | Path, *, fmt: str = "onnx", quantize: str | None = None,
     torch_preds = reference.predict_examples(examples)
     metric_torch = _metric(reference, examples, torch_preds, metric)
 
-    def check(path: Path, guard: Guard | None = None, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
-        predictor = Predictor(run=run, task=reference.task, model=OnnxModel(path), tokenizer=reference.tokenizer,
+    def check(model: OnnxModel, guard: Guard | None = None, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+        predictor = Predictor(run=run, task=reference.task, model=model, tokenizer=reference.tokenizer,
                               state=reference.state, cfg=reference.cfg, batch_size=reference.batch_size,
                               backend="onnx", guard=guard)
         preds = predictor.predict_examples(examples)
@@ -212,7 +212,8 @@ def export(run: str | Path, *, fmt: str = "onnx", quantize: str | None = None,
     try:
         names = _export_onnx(reference, staging / FP32)
         files[FP32] = (staging / FP32, FP32)
-        checks[FP32] = check(staging / FP32)
+        fp32 = OnnxModel(staging / FP32)  # one session: checked, then the int8 files' calibration and guard
+        checks[FP32] = check(fp32)
         if quantize == "int8":
             for method in INT8_METHODS:
                 path = staging / f"model.int8.{method}.onnx"
@@ -221,9 +222,10 @@ def export(run: str | Path, *, fmt: str = "onnx", quantize: str | None = None,
                 except Exception as exc:  # an onnxruntime without this operator: try the next method
                     checks[f"int8:{method}"] = {"error": f"{type(exc).__name__}: {exc}"[:300], "passed": False}
                     continue
-                calibration = _calibrate(reference, staging / FP32, path)
-                guard = Guard(OnnxModel(staging / FP32), calibration["threshold"])
-                checks[f"int8:{method}"] = {"method": method, **check(path, guard, calibration)}
+                int8 = OnnxModel(path)
+                calibration = _calibrate(reference, fp32, int8)
+                checks[f"int8:{method}"] = {"method": method,
+                                            **check(int8, Guard(fp32, calibration["threshold"]), calibration)}
                 files[f"int8:{method}"] = (path, path.name)
                 if checks[f"int8:{method}"]["passed"]:
                     break
@@ -328,7 +330,7 @@ CALIBRATION_EXAMPLES = 512
 CALIBRATION_QUANTILE = 0.999
 
 
-def _calibrate(reference: Any, fp32: Path, int8: Path) -> dict[str, Any]:
+def _calibrate(reference: Any, fp32: OnnxModel, int8: OnnxModel) -> dict[str, Any]:
     """The guard's threshold: twice the 99.9th percentile of |int8 - fp32| over the logits that
     decoding reads (``Task.decision_rows``) on a sample of the training split: a margin between
     two logits shrinks by at most twice the larger of their errors."""
@@ -350,8 +352,8 @@ def _calibrate(reference: Any, fp32: Path, int8: Path) -> dict[str, Any]:
     def collate(fs):
         return reference.task.collate(fs, reference.tokenizer.pad_token_id)
 
-    full = logits_for(OnnxModel(fp32), features, collate, batch_size=reference.batch_size)
-    low = logits_for(OnnxModel(int8), features, collate, batch_size=reference.batch_size)
+    full = logits_for(fp32, features, collate, batch_size=reference.batch_size)
+    low = logits_for(int8, features, collate, batch_size=reference.batch_size)
     rows = reference.task.decision_rows
     errors = np.concatenate([np.abs(rows(f, a) - rows(f, b)).ravel() for f, a, b in zip(features, full, low)]
                             + [np.zeros(1)])

@@ -28,9 +28,9 @@ repairable and raise :class:`DataError` with the file line.
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
-import bisect
 import tempfile
 import unicodedata
 from collections.abc import Collection, Iterable, Sequence
@@ -404,8 +404,9 @@ def _word_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
         mark = text[run]
         while run > start and text[run - 1] == mark:
             run -= 1
-        if text[run] == "." and _ABBREVIATION.fullmatch(text, start, run + 1):
-            tail.append((run + 1, end)) if run + 1 < end else None  # "U.S.," keeps its "."
+        if text[run] == "." and _ABBREVIATION.fullmatch(text, start, run + 1):  # "U.S.," keeps its "."
+            if run + 1 < end:
+                tail.append((run + 1, end))
             end = run + 1
             break
         tail.append((run, end))

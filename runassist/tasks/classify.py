@@ -220,18 +220,12 @@ class ClassifyTask:
         logit moving is enough to flip it)."""
         if not features:
             return []
-        n = max(f.example for f in features) + 1
-        width = np.asarray(logits[0]).size
-        sums, counts = np.zeros((n, width)), np.zeros(n)
-        for feature, x in zip(features, logits):
-            sums[feature.example] += np.asarray(x, dtype=np.float64).reshape(width)
-            counts[feature.example] += 1
-        mean = sums / np.maximum(counts, 1)[:, None]
+        mean = _mean_logits(max(f.example for f in features) + 1, features, logits)
         if self.multi_label:
             t = np.clip(np.asarray(_thresholds(state)), 1e-6, 1 - 1e-6)
             per_text = 2 * np.abs(mean - np.log(t / (1 - t))).min(axis=1)
-        elif width < 2:
-            per_text = np.full(n, np.inf)
+        elif mean.shape[1] < 2:
+            per_text = np.full(len(mean), np.inf)
         else:
             top2 = np.partition(mean, -2, axis=1)[:, -2:]
             per_text = top2[:, 1] - top2[:, 0]
@@ -278,21 +272,26 @@ class ClassifyTask:
     # -- helpers ------------------------------------------------------------
     def _probs(self, n: int, features: Sequence[Feature], logits: Sequence[np.ndarray]) -> np.ndarray:
         """Average each example's window logits, then softmax (single) or sigmoid (multi): [n, L]."""
-        if len(features) != len(logits):
-            raise ValueError(f"{len(features)} features but {len(logits)} logit rows")
-        if not features:
-            return np.zeros((n, 0))
-        width = np.asarray(logits[0]).shape[-1]
-        sums = np.zeros((n, width), dtype=np.float64)
-        counts = np.zeros(n, dtype=np.int64)
-        for feature, out in zip(features, logits):
-            sums[feature.example] += np.asarray(out, dtype=np.float64).reshape(width)
-            counts[feature.example] += 1
-        if (counts == 0).any():
-            raise ValueError(f"example {int(np.argmin(counts))} has no features to decode")
-        mean = sums / counts[:, None]
+        mean = _mean_logits(n, features, logits)
         # sigmoid as tanh: no overflow warning for large negative logits
         return 0.5 * (1.0 + np.tanh(mean / 2.0)) if self.multi_label else softmax(mean)
+
+
+def _mean_logits(n: int, features: Sequence[Feature], logits: Sequence[np.ndarray]) -> np.ndarray:
+    """Each of the n examples' window logits, averaged: [n, L] (what decode and margins read)."""
+    if len(features) != len(logits):
+        raise ValueError(f"{len(features)} features but {len(logits)} logit rows")
+    if not features:
+        return np.zeros((n, 0))
+    width = np.asarray(logits[0]).shape[-1]
+    sums = np.zeros((n, width), dtype=np.float64)
+    counts = np.zeros(n, dtype=np.int64)
+    for feature, out in zip(features, logits):
+        sums[feature.example] += np.asarray(out, dtype=np.float64).reshape(width)
+        counts[feature.example] += 1
+    if (counts == 0).any():
+        raise ValueError(f"example {int(np.argmin(counts))} has no features to decode")
+    return sums / counts[:, None]
 
 
 @dataclass(frozen=True)
