@@ -29,10 +29,10 @@ import torch  # noqa: E402
 
 
 def short_run(out: Path, *, max_steps: int, threads: int) -> Path:
-    from runassist import config
+    from runassist.tasks import load_config
     from runassist.train.run import train
 
-    cfg = config.load(DEMO, [f"output.dir={out / 'runs'}", f"train.max_steps={max_steps}", f"train.threads={threads}",
+    cfg = load_config(DEMO, [f"output.dir={out / 'runs'}", f"train.max_steps={max_steps}", f"train.threads={threads}",
                              "data.test=null"])
     with contextlib.redirect_stdout(sys.stderr):
         return train(cfg, progress=False).run
@@ -41,7 +41,7 @@ def short_run(out: Path, *, max_steps: int, threads: int) -> Path:
 def texts_for(n: int) -> tuple[list[str], list[set]]:
     """n texts (held-out sentences first) and, for the held-out ones, their gold entity spans."""
     from runassist.assets import read_alias
-    from runassist.data.conll import spans_from_iob2
+    from runassist.data.tags import spans_from_iob2
 
     held_out = [ex for split in ("test", "dev") for ex in read_alias(f"wnut16:{split}")]
     sentences = held_out + read_alias("wnut16:train")
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers.utils import logging as hf_logging
 
     from runassist import env
-    from runassist.export import OnnxModel, export
+    from runassist.export import export
+    from runassist.onnx_runtime import OnnxModel
     from runassist.predict import Predictor
 
     hf_logging.set_verbosity_error()
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     bf16_pred = Predictor.from_run(run, batch_size=args.batch_size, threads=threads, precision="bf16")
     def onnx_predictor(path: Path, guard=None) -> Predictor:
         return Predictor(run=run, task=torch_pred.task, model=OnnxModel(path, threads=threads), guard=guard,
-                         tokenizer=torch_pred.tokenizer, state=torch_pred.state, cfg=torch_pred.cfg,
+                         processor=torch_pred.processor, state=torch_pred.state, cfg=torch_pred.cfg,
                          batch_size=args.batch_size, backend="onnx")
 
     fp32_pred = onnx_predictor(run / "onnx" / "model.onnx")
@@ -240,7 +241,7 @@ def _f1(predicted: list, gold: list[set]) -> float | None:
 
 
 def _words_agree(text: str, tokenizer) -> bool:
-    from runassist.data.conll import tokenize_with_offsets
+    from runassist.data.words import tokenize_with_offsets
 
     ours = tokenize_with_offsets(text)[1]
     theirs = [span for _, span in tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]

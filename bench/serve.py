@@ -40,14 +40,14 @@ def tiny_run(folder: Path) -> Path:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import build_tiny_model_dir, make_ner_sentences, ner_overrides, write_conll
 
-    from runassist import config
+    from runassist.tasks import load_config
     from runassist.train.run import train
 
     folder.mkdir(parents=True, exist_ok=True)
     files = {split: write_conll(folder / f"{split}.conll", make_ner_sentences(n, seed))
              for split, n, seed in (("train", 64, 0), ("dev", 16, 1), ("test", 16, 2))}
     model = build_tiny_model_dir(folder / "model")
-    cfg = config.load(None, ner_overrides(files, model, folder / "runs", max_steps=30, lr="1e-2", warmup_ratio=0))
+    cfg = load_config(None, ner_overrides(files, model, folder / "runs", max_steps=30, lr="1e-2", warmup_ratio=0))
     return train(cfg, progress=False).run
 
 

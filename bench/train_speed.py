@@ -79,14 +79,14 @@ def train_flops(shape: dict[str, int], tokens: int, sum_sq: float) -> dict[str, 
 # -- runassist --------------------------------------------------------------------------------------
 
 def run_runassist(*, epochs: float, threads: int, out: Path, max_steps: int | None, seed: int) -> dict:
-    from runassist import config
+    from runassist.tasks import load_config
     from runassist.train.run import train
 
     overrides = [f"output.dir={out / 'runs'}", f"train.epochs={epochs}", f"train.threads={threads}",
                  f"train.seed={seed}"]
     if max_steps:
         overrides.append(f"train.max_steps={max_steps}")
-    cfg = config.load(DEMO, overrides)
+    cfg = load_config(DEMO, overrides)
     start = time.perf_counter()
     result = train(cfg, progress=False)
     wall = time.perf_counter() - start
@@ -202,16 +202,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="folder for runs (default: a temporary one)")
     args = parser.parse_args(argv)
 
-    from runassist import config, env
+    from runassist import env
     from runassist.assets import resolve_model
-    from runassist.tasks import make_task
+    from runassist.tasks import load_config, make_task
     from runassist.tasks.base import TaskState
     from runassist.tasks.hf import load_tokenizer
 
     facts = env.collect(check_hub=False)
     threads = args.threads or env.choose_threads(facts)
     torch.set_num_threads(threads)
-    demo = config.load(DEMO)
+    demo = load_config(DEMO)
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [demo.train.seed]
     epochs = args.epochs or (2 if args.quick else demo.train.epochs)
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
     tok = load_tokenizer(resolve_model(cfg0.model.source))
     train_ex = task.read(cfg0.data.train)
     feats = task.encode(train_ex, tok, TaskState(labels=task.label_set(train_ex)))
-    per_epoch_tokens = sum(f.length for f in feats)
-    per_epoch_sq = sum(f.length ** 2 for f in feats)
+    per_epoch_tokens = sum(f.size for f in feats)
+    per_epoch_sq = sum(f.size ** 2 for f in feats)
 
     def row(rs: list[dict], sum_sq: float, prec: str) -> dict:
         """One contestant over all seeds: throughput from the summed tokens and seconds, F1 averaged."""

@@ -21,9 +21,6 @@ from typing import Any, Sequence
 DEFAULT_MAX_INPUTS = 64  # inputs per call
 DEFAULT_MAX_CHARS = 10_000  # characters per input (a text, a word list's words, or text + text_pair)
 
-TOOL_NAMES = {"ner": "extract_entities", "classify": "classify_text"}
-
-
 class InputError(ValueError):
     """An input the tool refuses; ``limit``/``value`` name the limit broken, if one was."""
 
@@ -47,62 +44,23 @@ class Limits:
 
 # -- the definition ---------------------------------------------------------
 
-def entity_types(labels: Sequence[str]) -> list[str]:
-    """``["O", "B-PER", "I-PER", "B-LOC"]`` -> ``["PER", "LOC"]`` (first-seen order)."""
-    types: dict[str, None] = {}
-    for label in labels:
-        if label != "O":
-            types[label.split("-", 1)[1] if len(label) > 2 and label[1] == "-" else label] = None
-    return list(types)
-
-
-def _item_schema(task: str, max_chars: int) -> dict[str, Any]:
-    text = {"type": "string", "maxLength": max_chars}
-    if task == "ner":
-        return {"anyOf": [{**text, "description": "a text; entities come back with character offsets"},
-                          {"type": "array", "items": {"type": "string"},
-                           "description": "a text already split into words"}]}
-    if task == "classify":
-        return {"anyOf": [{**text, "description": "a text"},
-                          {"type": "object", "description": "a text pair (e.g. premise and hypothesis)",
-                           "properties": {"text": text, "text_pair": text},
-                           "required": ["text"], "additionalProperties": False}]}
-    return {**text, "description": "a text"}
-
-
-def _description(info: dict[str, Any], *, multi_label: bool) -> str:
-    task, labels = info["task"], list(info["labels"])
-    about = f"(fine-tuned from {info.get('base_model')}, run {info.get('run')})"
-    if task == "ner":
-        return (f"Find named entities in texts {about}. Entity types: {', '.join(entity_types(labels))}. "
-                "Returns one prediction per input, in order: its entities, each with label, text, start/end "
-                "character offsets into the input (for a text) and word_start/word_end, and a score (0-1).")
-    if task == "classify":
-        kind = ("Assign zero or more of these labels to each text" if multi_label
-                else "Classify each text as one of these labels")
-        return (f"{kind} {about}: {', '.join(labels)}. Returns one prediction per input, in order: "
-                "labels (the chosen ones)" + ("" if multi_label else ", label") +
-                " and probs (every label's probability, highest first).")
-    return f"Run the {task} model {about} on texts. Labels: {', '.join(labels)}."
-
-
 def tool_definition(predictor: Any, *, limits: Limits = Limits()) -> dict[str, Any]:
-    """The OpenAI-style function definition of the model (``GET /v1/tools``, and MCP's tool)."""
+    """The OpenAI-style function definition of the model (``GET /v1/tools``, and MCP's tool); the
+    task words the description and the schema of one input."""
     info = predictor.info()
-    task = info["task"]
-    multi_label = bool(getattr(getattr(predictor, "task", None), "multi_label", False))
+    task = predictor.task
+    about = f"(fine-tuned from {info.get('base_model')}, run {info.get('run')})"
     parameters = {
         "type": "object",
         "properties": {"inputs": {"type": "array", "minItems": 1, "maxItems": limits.max_inputs,
-                                  "items": _item_schema(task, limits.max_chars),
+                                  "items": task.input_schema(limits.max_chars),
                                   "description": f"1 to {limits.max_inputs} inputs, each at most "
                                                  f"{limits.max_chars} characters"}},
         "required": ["inputs"],
         "additionalProperties": False,
     }
     return {"type": "function",
-            "function": {"name": TOOL_NAMES.get(task, "predict"),
-                         "description": _description(info, multi_label=multi_label),
+            "function": {"name": task.tool_name, "description": task.tool_description(info["labels"], about),
                          "parameters": parameters}}
 
 

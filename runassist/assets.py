@@ -23,7 +23,7 @@ from typing import Any
 
 from runassist.data.conll import read_conll
 from runassist.data.records import TextExample, TokenExample
-from runassist.errors import RunassistError
+from runassist.errors import DataError, RunassistError
 
 SPLITS = ("train", "dev", "test")
 
@@ -176,7 +176,7 @@ def is_alias(spec: str) -> bool:
 
 
 def alias_task(spec: str) -> str:
-    """``'ner'`` or ``'classify'``: which task an alias's data is for."""
+    """The name of the task an alias's data is for."""
     return DATA[spec.partition(":")[0]].task
 
 
@@ -190,6 +190,19 @@ def read_alias(spec: str) -> list[TokenExample] | list[TextExample]:
         raise RunassistError(f"'{spec}': no split '{split}'; valid: {', '.join(f'{name}:{s}' for s in SPLITS)}")
     examples = asset.reader(_package_folder(asset) / asset.files[0])
     return [ex for i, ex in enumerate(examples) if split_of(i) == split]
+
+
+def existing_path(spec: str) -> Path:
+    """A data path that exists; a missing one that looks like an alias (``wnut17:train``) is
+    reported as an unknown alias, with the known ones, not as a missing file."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    name, sep, split = spec.partition(":")
+    if sep and split in SPLITS and "/" not in name and "\\" not in name:
+        raise DataError(spec, None, f"not a packaged data set, nor a file; packaged data: "
+                                    f"{', '.join(f'{n}:{split}' for n in DATA)} (`runassist assets` lists them)")
+    raise DataError(spec, None, "file not found")
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from runassist.errors import RunassistError
@@ -66,12 +68,21 @@ def env(as_json: bool = typer.Option(False, "--json", help="print one JSON objec
 
 
 @app.command()
-def init(task: str = typer.Argument(..., help="ner | classify"),
-         output: Optional[Path] = typer.Option(None, "-o", "--output", help="file to write (default: stdout)")) -> None:
+def init(task: Optional[str] = typer.Argument(None, help="a task name; --list shows them"),
+         output: Optional[Path] = typer.Option(None, "-o", "--output", help="file to write (default: stdout)"),
+         list_tasks: bool = typer.Option(False, "--list", help="list the tasks (built-in and plugins)")) -> None:
     """Write a config for TASK with a comment on every key."""
+    from runassist.atomic import atomic_write
     from runassist.init_config import render
-    from runassist.runs import atomic_write
+    from runassist.tasks import task_table
 
+    if list_tasks or task is None:
+        for name, cls in sorted(task_table().items()):
+            doc = inspect.getdoc(sys.modules[cls.__module__]) or ""
+            out.print(f"{name}\t{doc.splitlines()[0] if doc else cls.__module__}", markup=False, highlight=False)
+        if task is None and not list_tasks:
+            raise typer.Exit(2)
+        return
     text = render(task)
     if output is None:
         sys.stdout.write(text)
@@ -101,19 +112,19 @@ def assets(as_json: bool = typer.Option(False, "--json")) -> None:
 def check_data(config: Optional[Path] = typer.Argument(None), overrides: Optional[list[str]] = typer.Argument(None),
                as_json: bool = typer.Option(False, "--json")) -> None:
     """Find data problems before any compute is spent. Exit 1 on errors, 0 with warnings only."""
-    from runassist import config as config_lib
     from runassist.assets import resolve_model
     from runassist.data.checks import check_data as check
-    from runassist.tasks.hf import load_tokenizer
+    from runassist.tasks import load_config, make_task
 
     config, overrides = _split_config(config, overrides)
-    cfg = config_lib.load(config, overrides)
-    tokenizer = None
+    cfg = load_config(config, overrides)
+    task = make_task(cfg)
+    processor = None
     try:
-        tokenizer = load_tokenizer(resolve_model(cfg.model.source))
-    except Exception as exc:  # the data checks still run; only the max_length check needs a tokenizer
-        err.print(f"[yellow]warning[/]: no tokenizer ({exc}); skipping the max_length check")
-    report = check(cfg.task.name, cfg.data, cfg.model, tokenizer=tokenizer, multi_label=cfg.task.multi_label)
+        processor = task.load_processor(resolve_model(cfg.model.source))
+    except Exception as exc:  # the data checks still run; only the length checks need the model's processor
+        err.print(f"[yellow]warning[/]: no tokenizer/processor ({escape(str(exc))}); skipping the length checks")
+    report = check(task, cfg.data, processor=processor)
     if as_json:
         _json(report.to_dict())
     else:
@@ -121,26 +132,36 @@ def check_data(config: Optional[Path] = typer.Argument(None), overrides: Optiona
     raise typer.Exit(0 if report.ok else 1)
 
 
+# check-data's table: SplitStats field -> column title. Fields no split has a value for are left out.
+_SPLIT_COLUMNS = {"examples": "examples", "words": "words", "length": "length", "subtokens": "sub-tokens",
+                  "over_max_length": "past max_length", "unk_share": "unknown", "labels": "labels"}
+
+
+def _cell(key: str, value) -> str:
+    if isinstance(value, dict):
+        if key == "labels":  # the 8 most frequent
+            return ", ".join(f"{k} {v}" for k, v in sorted(value.items(), key=lambda kv: -kv[1])[:8])
+        return " / ".join(f"{k} {v}" for k, v in value.items())  # p50 / p90 / p99 / max
+    if isinstance(value, float):
+        return f"{value:.1%}"
+    return str(value)
+
+
 def _print_report(report) -> None:
     data = report.to_dict()
     table = Table(title="splits")
-    keys = [k for k in ("examples", "tokens", "words", "labels", "truncated") if any(k in s for s in data["splits"].values())]
+    keys = [k for k in _SPLIT_COLUMNS if any(s.get(k) not in (None, {}, 0) or k == "examples"
+                                              for s in data["splits"].values())]
     table.add_column("split")
     for key in keys:
-        table.add_column(key)
+        table.add_column(_SPLIT_COLUMNS[key])
     for name, split in data["splits"].items():
-        cells = []
-        for key in keys:
-            value = split.get(key, "")
-            if isinstance(value, dict):
-                value = ", ".join(f"{k} {v}" for k, v in sorted(value.items(), key=lambda kv: -kv[1])[:8])
-            cells.append(str(value))
-        table.add_row(name, *cells)
+        table.add_row(escape(name), *(escape(_cell(key, split.get(key, ""))) for key in keys))
     out.print(table)
     for line in data["warnings"]:
-        out.print(f"[yellow]warning[/] {line}", highlight=False)
+        out.print(f"[yellow]warning[/] {escape(line)}", highlight=False)
     for line in data["errors"]:
-        out.print(f"[red]error[/] {line}", highlight=False)
+        out.print(f"[red]error[/] {escape(line)}", highlight=False)
     out.print(f"{len(data['errors'])} errors, {len(data['warnings'])} warnings")
 
 
@@ -151,7 +172,7 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (not n
           quiet: bool = typer.Option(False, "--quiet", help="no progress bar (for logs)"),
           no_report: bool = typer.Option(False, "--no-report", help="skip the HTML report")) -> None:
     """Fine-tune: prepare data and model, add the task head, train with dev evaluation, test, save."""
-    from runassist import config as config_lib
+    from runassist.tasks import load_config
     from runassist.train.run import train as run_training
 
     config, overrides = _split_config(config, overrides)
@@ -160,7 +181,7 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (not n
     if resume is not None and (config is not None or overrides):
         raise RunassistError("--resume continues a run with its own saved config; to train on new data, "
                              "start a new run with model.source=RUN/model")
-    cfg = config_lib.load(config, overrides or []) if resume is None else None
+    cfg = load_config(config, overrides or []) if resume is None else None
     try:
         result = run_training(cfg, resume=resume, progress=not quiet)
     except KeyboardInterrupt:
@@ -197,13 +218,11 @@ def _is_main_process() -> bool:
 
 @app.command()
 def evaluate(run: Path, data: Optional[str] = typer.Option(None, "--data", help="dev | test | a path | an alias"),
-             mode: Optional[str] = typer.Option(None, "--mode", help="ner: conlleval | strict"),
+             mode: Optional[str] = typer.Option(None, "--mode", help="another way the task scores (NER: strict)"),
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Score a trained run; writes eval/<split>.json and its predictions into the run folder."""
     from runassist.evaluate import evaluate as evaluate_run
 
-    if mode not in (None, "conlleval", "strict"):
-        raise RunassistError(f"--mode {mode!r}: choose one of conlleval, strict")
     result = evaluate_run(run, data=data, mode=mode)
     if as_json:
         _json(result)
@@ -276,7 +295,8 @@ def runs_list(ctx: typer.Context, base: Path = typer.Option(Path("runs"), "--dir
 @runs_app.command("show")
 def runs_show(run: Path, as_json: bool = typer.Option(False, "--json")) -> None:
     """A run's summary."""
-    from runassist.runs import read_json, require
+    from runassist.atomic import read_json
+    from runassist.runs import require
 
     summary = read_json(require(run, "summary.json") / "summary.json")
     if as_json:
@@ -356,7 +376,7 @@ def main() -> None:
     try:
         app()
     except RunassistError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -1,38 +1,47 @@
 """The run configuration: pydantic models, validated once at the edge.
 
-``load(path, overrides)`` is the only place that reads YAML or ``section.key=value``
+``load(path, overrides, tasks=...)`` is the only place that reads YAML or ``section.key=value``
 overrides. Everything below the CLI receives a frozen, validated section.
+
+The ``task`` section belongs to the task: each task defines a ``TaskSection`` subclass whose
+``name`` is a ``Literal`` of its own name, and ``Config.task`` is the discriminated union of the
+sections of the task table the caller passes (``runassist.tasks.load_config`` passes the built-in
+and plugin tasks). This module knows no task by name; an unknown key in a task's section still
+fails at once with that task's allowed keys.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from runassist.errors import ConfigError
 
-TASK_NAMES = ("ner", "classify")
+TaskSections = Mapping[str, "type[TaskSection]"]  # task name -> its section class
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TaskConfig(_Section):
-    name: Literal["ner", "classify"] = "ner"
-    multi_label: bool = False  # classify only: each text may carry several labels (sigmoid + BCE)
-    scoring: Literal["conlleval", "strict"] = "conlleval"  # ner only: how entity spans are read for scoring
+class TaskSection(_Section):
+    """What every task's section has: its name. A task subclasses this with
+    ``name: Literal["its-name"] = "its-name"`` and its own keys, each a ``Field(description=...)``:
+    ``runassist init`` writes the description as the key's comment."""
+
+    name: str
 
 
 class ModelConfig(_Section):
     source: str = "minilm"  # packaged asset name, a local model folder, or a hub name
     max_length: int = Field(128, ge=8, le=8192)  # sub-tokens per window, special tokens included
     stride: int | None = Field(None, ge=0)  # sub-tokens shared by neighbouring windows; None: max_length // 4
-    long_text: Literal["truncate", "windows"] = "truncate"  # classify: cut the tail, or average windows
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "ModelConfig":
@@ -123,7 +132,10 @@ class OutputConfig(_Section):
 
 
 class Config(_Section):
-    task: TaskConfig = TaskConfig()
+    """The whole config. Instances come from ``load``/``validate``, whose classes narrow ``task``
+    to the union of the task table's sections."""
+
+    task: TaskSection
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
@@ -137,7 +149,7 @@ class Config(_Section):
 
 
 SECTIONS: dict[str, type[BaseModel]] = {
-    "task": TaskConfig,
+    "task": TaskSection,
     "model": ModelConfig,
     "data": DataConfig,
     "train": TrainConfig,
@@ -145,8 +157,24 @@ SECTIONS: dict[str, type[BaseModel]] = {
 }
 
 
-def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config (or start from defaults), apply overrides, validate once."""
+@functools.lru_cache(maxsize=8)
+def _config_class(sections: tuple[tuple[str, type[TaskSection]], ...]) -> type[Config]:
+    """Config with ``task`` narrowed to the union of these sections, told apart by ``name``."""
+    members = tuple(cls for _, cls in sections)
+    if not members:
+        raise ConfigError("no tasks are registered")
+    union = members[0] if len(members) == 1 else Annotated[Union[members], Field(discriminator="name")]
+    return create_model("Config", __base__=Config, task=(union, ...))
+
+
+def config_class(tasks: TaskSections) -> type[Config]:
+    return _config_class(tuple(sorted(tasks.items())))
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+         tasks: TaskSections) -> Config:
+    """Read a YAML config (or start from nothing), apply overrides, validate once against the
+    sections of ``tasks`` (``runassist.tasks.load_config`` passes the task table's)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -162,14 +190,20 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}")
     for item in overrides:
         apply_override(raw, item)
-    return validate(raw)
+    return validate(raw, tasks=tasks)
 
 
-def validate(raw: dict[str, Any]) -> Config:
+def validate(raw: dict[str, Any], *, tasks: TaskSections) -> Config:
+    task = raw.get("task") if isinstance(raw, dict) else None
+    name = task.get("name") if isinstance(task, dict) else task
+    if task is None:
+        raise ConfigError(f"task: not set; choose one of: {', '.join(sorted(tasks))} (e.g. task: {next(iter(sorted(tasks)))})")
+    if not isinstance(name, str) or name not in tasks:
+        raise ConfigError(f"task.name: {name!r} is not a known task; choose one of: {', '.join(sorted(tasks))}")
     try:
-        return Config.model_validate(raw)
+        return config_class(tasks).model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
+        raise ConfigError(_explain(exc, tasks)) from None
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -212,16 +246,18 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def _explain(exc: ValidationError) -> str:
+def _explain(exc: ValidationError, tasks: TaskSections) -> str:
     """One line per problem, naming the key and the allowed keys or values."""
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal[", "int", "str", "dict["))]
+        if len(loc) > 1 and loc[0] == "task" and loc[1] in tasks:
+            loc = [loc[0], *loc[2:]]  # the discriminated union puts the task's name in the location
         # pydantic puts union member names in the location; keep the user's own key path.
         key = ".".join(p for p in loc if not p.startswith(("Literal", "constrained")))
         kind = err["type"]
         if kind == "extra_forbidden":
-            parent = _model_at(loc[:-1])
+            parent = _model_at(loc[:-1], tasks, err)
             valid = ", ".join(parent.model_fields) if parent else ""
             lines.append(f"{key}: unknown key '{loc[-1]}'; valid keys of {'.'.join(loc[:-1]) or 'the config'}: {valid}")
         elif kind == "literal_error":
@@ -237,8 +273,16 @@ def _explain(exc: ValidationError) -> str:
     return "; ".join(seen.values())
 
 
-def _model_at(loc: list[str]) -> type[BaseModel] | None:
+def _model_at(loc: list[str], tasks: TaskSections, err: Any) -> type[BaseModel] | None:
     model: type[BaseModel] = Config
+    if loc and loc[0] == "task":
+        tagged = [str(p) for p in err["loc"]]
+        name = tagged[1] if len(tagged) > 1 and tagged[1] in tasks else None
+        if name is None and len(tasks) == 1:
+            name = next(iter(tasks))
+        if name is None:
+            return None
+        model, loc = tasks[name], loc[1:]
     for part in loc:
         field = model.model_fields.get(part)
         if field is None:

@@ -30,14 +30,14 @@ def evaluate(run: str | Path, *, data: str | None = None, mode: str | None = Non
     spec = resolve_split(predictor.cfg, data)
     task = predictor.task
     if mode is not None:
-        if not hasattr(task.task_cfg, "scoring") or task.name != "ner":
-            raise RunassistError("--mode applies to NER runs only")
-        from runassist.tasks import TASKS
-
-        task = TASKS[task.name](task.task_cfg.model_copy(update={"scoring": mode}), task.data_cfg, task.model_cfg)
+        if mode not in task.scoring_modes:
+            choices = f"choose one of {', '.join(task.scoring_modes)}" if task.scoring_modes else "it has one way"
+            raise RunassistError(f"--mode {mode!r}: a {task.name} run cannot be scored that way; {choices}")
+        task = type(task)(task.task_cfg.model_copy(update={"scoring": mode}), task.data_cfg, task.model_cfg)
     examples = task.read(spec)
     predictions = predictor.predict_examples(examples)
     scores = task.score(examples, predictions, predictor.state)
-    name = split_name(spec) + (f"-{mode}" if mode and mode != "conlleval" else "")
+    # The default way keeps the plain name; another way gets its own files beside it.
+    name = split_name(spec) + (f"-{mode}" if mode and mode != task.scoring_modes[0] else "")
     files = write_eval(predictor.run, name, task, examples, predictions, scores)
     return {"split": name, "data": spec, "scores": scores, "files": files}

@@ -1,11 +1,9 @@
 """ONNX export, int8 quantization and the parity check that decides whether an export is used.
 
-Layout in the run folder::
-
-    onnx/model.onnx        fp32 graph, dynamic (batch, sequence) axes
-    onnx/model.int8.onnx   with --quantize int8: the first int8 method below that passes parity
-    onnx/parity.json       what was checked on which split, and which file is active
-    onnx/rejected/         files that failed the parity check: kept for inspection, never loaded
+The files (layout in ``onnx_runtime``) are read back by ``onnx_runtime.OnnxModel`` and ``Guard``;
+this module makes them. What a task's graph takes and returns comes from the task: the batch its
+``collate`` makes, and its ``onnx_outputs``; a task whose ``capabilities`` say it cannot be traced,
+or cannot be int8-guarded, is refused at once with the reason.
 
 A file is active only if its predictions on the run's dev split (test when there is no dev)
 agree with the torch model's for at least ``min_agreement`` of the examples. Parity is judged
@@ -34,131 +32,37 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import math
 import shutil
 import time
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from runassist.atomic import write_json
 from runassist import runs
 from runassist.errors import RunassistError
+from runassist.onnx_runtime import FP32, INT8, Guard, OnnxModel
 
 FORMATS = ("onnx",)
 QUANTIZE = ("int8",)
-FP32 = "model.onnx"
-INT8 = "model.int8.onnx"
 INT8_METHODS = ("dynamic", "blockwise")  # tried in this order; the first that passes parity is kept
 OPSET = 17
-# The inputs a Task's collate may give, in the order the graph takes them.
-_INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class OnnxModel:
-    """An onnxruntime session that answers like a Hugging Face model in ``inference.logits_for``:
-    ``model(**batch).logits`` is a torch tensor; ``eval()`` is a no-op; it lives on the CPU."""
+class _Traceable(torch.nn.Module):
+    """Positional inputs in, a tuple of the task's outputs out: the shape ``torch.onnx.export``
+    traces best."""
 
-    device = torch.device("cpu")
-    training = False
-
-    def __init__(self, path: str | Path, *, threads: int | None = None):
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        self.threads = max(1, threads or torch.get_num_threads())
-        options = ort.SessionOptions()
-        # The same thread count torch would use, so both backends are compared on equal terms
-        # (and neither oversubscribes the cores other processes are busy on).
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.path), sess_options=options,
-                                            providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_name = self.session.get_outputs()[0].name
-
-    @classmethod
-    def load(cls, run: str | Path, *, threads: int | None = None) -> "OnnxModel":
-        """The run's active export: the int8 file when present (only accepted files stay in
-        ``onnx/``), else the fp32 one."""
-        folder = Path(run) / "onnx"
-        for name in (INT8, FP32):
-            if (folder / name).is_file():
-                return cls(folder / name, threads=threads)
-        failed = (folder / "rejected").is_dir()
-        hint = " (the last export failed its parity check: see onnx/parity.json)" if failed else ""
-        raise RunassistError(f"{run}: no ONNX export{hint}; run `runassist export {run}` first")
-
-    def eval(self) -> "OnnxModel":
-        return self
-
-    def train(self, mode: bool = True) -> "OnnxModel":
-        if mode:
-            raise RunassistError("an ONNX model cannot be trained; use the torch backend")
-        return self
-
-    def __call__(self, **batch: torch.Tensor) -> SimpleNamespace:
-        feed = {}
-        for name in self.input_names:
-            value = batch.get(name)
-            if value is None:
-                if name != "token_type_ids":
-                    raise RunassistError(f"{self.path.name}: the graph needs input '{name}'")
-                value = torch.zeros_like(batch["input_ids"])  # what the torch model assumes when absent
-            feed[name] = value.detach().cpu().numpy().astype(np.int64, copy=False)
-        logits = self.session.run([self.output_name], feed)[0]
-        return SimpleNamespace(logits=torch.from_numpy(logits))
-
-
-class Guard:
-    """The fp32 twin of an int8 model and the margin below which its answers are re-run there
-    (see the module docstring). Counts the features it saw and re-ran."""
-
-    def __init__(self, fallback: OnnxModel, threshold: float):
-        threshold = float(threshold)
-        if not (math.isfinite(threshold) and threshold >= 0):
-            raise RunassistError(f"int8 guard threshold {threshold}: expected a finite number >= 0; export again")
-        self.fallback, self.threshold = fallback, threshold
-        self.seen = self.rechecked = 0
-
-    @classmethod
-    def load(cls, run: str | Path, model: OnnxModel) -> "Guard | None":
-        """The guard recorded by the export that made ``model`` active; None for an fp32 model."""
-        if model.path.name != INT8:
-            return None
-        parity_path = Path(run) / "onnx" / "parity.json"
-        guard = runs.read_json(parity_path).get("guard") if parity_path.exists() else None
-        if not guard or guard.get("threshold") is None:
-            return None  # exported before guards existed: int8 answers as they are
-        fp32 = model.path.with_name(FP32)
-        if not fp32.is_file():
-            raise RunassistError(f"{fp32}: missing; the int8 model's guard re-runs close calls with it. "
-                                 f"Export again: runassist export {run} --quantize int8")
-        return cls(OnnxModel(fp32, threads=model.threads), guard["threshold"])
-
-    def count(self, seen: int, rechecked: int) -> None:
-        self.seen += seen
-        self.rechecked += rechecked
-
-    def describe(self) -> dict[str, Any]:
-        share = self.rechecked / self.seen if self.seen else None
-        return {"threshold": self.threshold, "seen": self.seen, "rechecked": self.rechecked,
-                "rechecked_share": None if share is None else round(share, 4)}
-
-
-class _LogitsOnly(torch.nn.Module):
-    """Positional inputs in, logits out: the shape ``torch.onnx.export`` traces best."""
-
-    def __init__(self, model: torch.nn.Module, names: Sequence[str]):
+    def __init__(self, task: Any, model: torch.nn.Module, names: Sequence[str], outputs: Sequence[str]):
         super().__init__()
-        self.model, self.names = model, list(names)
+        self.task, self.model, self.names, self.outputs = task, model, list(names), list(outputs)
 
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.names, args))).logits
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.task.forward(self.model, dict(zip(self.names, args)))
+        return tuple(getattr(out, name) for name in self.outputs)
 
 
 def export(run: str | Path, *, fmt: str = "onnx", quantize: str | None = None,
@@ -180,6 +84,13 @@ def export(run: str | Path, *, fmt: str = "onnx", quantize: str | None = None,
         raise RunassistError(f"--min-agreement {min_agreement}: must be between 0 and 1")
     run = runs.require(Path(run), "config.yaml", "model/task.json")
     reference = Predictor.from_run(run, precision="fp32")  # torch, fp32: the model as trained is the reference
+    task = reference.task
+    if not task.capabilities.onnx:
+        raise RunassistError(f"export: a {task.name} model cannot be exported to ONNX (its task says its forward "
+                             "is not a function of the batch alone); serve it with the torch backend")
+    if quantize == "int8" and not task.capabilities.int8_guard:
+        raise RunassistError(f"export: --quantize int8 needs decision margins to guard int8 answers, which a "
+                             f"{task.name} task does not give; export without --quantize")
     if hasattr(reference.model, "peft_config"):
         raise RunassistError("export: the model still has LoRA adapters; train with train.lora.merge=true")
     spec, examples = _parity_split(reference)
@@ -193,16 +104,16 @@ def export(run: str | Path, *, fmt: str = "onnx", quantize: str | None = None,
     metric_torch = _metric(reference, examples, torch_preds, metric)
 
     def check(model: OnnxModel, guard: Guard | None = None, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
-        predictor = Predictor(run=run, task=reference.task, model=model, tokenizer=reference.tokenizer,
+        predictor = Predictor(run=run, task=task, model=model, processor=reference.processor,
                               state=reference.state, cfg=reference.cfg, batch_size=reference.batch_size,
                               backend="onnx", guard=guard)
         preds = predictor.predict_examples(examples)
-        out = {"metric_onnx": _metric(reference, examples, preds, metric), **_agreement(torch_preds, preds)}
+        out = {"metric_onnx": _metric(reference, examples, preds, metric), **task.agreement(torch_preds, preds)}
         out["passed"] = out["agreement"] >= min_agreement
         if guard is not None:
             out["guard"] = {**guard.describe(), **(calibration or {})}
             predictor.guard = None  # the same file without the guard, for the record
-            unguarded = _agreement(torch_preds, predictor.predict_examples(examples))
+            unguarded = task.agreement(torch_preds, predictor.predict_examples(examples))
             out["unguarded"] = {k: v for k, v in unguarded.items() if k != "examples"}
         return out
 
@@ -278,7 +189,7 @@ def export(run: str | Path, *, fmt: str = "onnx", quantize: str | None = None,
         "rejected": rejected,
         "checks": checks,
     }
-    runs.write_json(folder / "parity.json", parity)
+    write_json(folder / "parity.json", parity)
     result = {
         "files": [str(folder / n) for n in active],
         "sizes": sizes,
@@ -334,7 +245,7 @@ def _calibrate(reference: Any, fp32: OnnxModel, int8: OnnxModel) -> dict[str, An
     """The guard's threshold: twice the 99.9th percentile of |int8 - fp32| over the logits that
     decoding reads (``Task.decision_rows``) on a sample of the training split: a margin between
     two logits shrinks by at most twice the larger of their errors."""
-    from runassist.inference import logits_for
+    from runassist.inference import outputs_for
 
     data = reference.cfg.data
     for spec in dict.fromkeys(s for s in (data.train, data.dev, data.test) if s):
@@ -347,14 +258,11 @@ def _calibrate(reference: Any, fp32: OnnxModel, int8: OnnxModel) -> dict[str, An
         raise RunassistError("export: no split of the run's config can be read to calibrate the int8 guard")
     step = max(1, len(examples) // CALIBRATION_EXAMPLES)
     sample = examples[::step][:CALIBRATION_EXAMPLES]
-    features = reference.task.encode(sample, reference.tokenizer, reference.state)
-
-    def collate(fs):
-        return reference.task.collate(fs, reference.tokenizer.pad_token_id)
-
-    full = logits_for(fp32, features, collate, batch_size=reference.batch_size)
-    low = logits_for(int8, features, collate, batch_size=reference.batch_size)
-    rows = reference.task.decision_rows
+    task, processor, state = reference.task, reference.processor, reference.state
+    features = task.encode(sample, processor, state)
+    full = outputs_for(task, fp32, features, processor, state, batch_size=reference.batch_size)
+    low = outputs_for(task, int8, features, processor, state, batch_size=reference.batch_size)
+    rows = task.decision_rows
     errors = np.concatenate([np.abs(rows(f, a) - rows(f, b)).ravel() for f, a, b in zip(features, full, low)]
                             + [np.zeros(1)])
     error = float(np.quantile(errors, CALIBRATION_QUANTILE))
@@ -375,29 +283,33 @@ def _parity_split(predictor: Any) -> tuple[str, list[Any]]:
 
 
 def _export_onnx(predictor: Any, path: Path) -> list[str]:
-    """Trace the torch model with two real examples of different lengths; returns the input names.
+    """Trace the torch model with the task's two probe examples of different sizes; returns the
+    input names.
 
-    Two lengths, so the traced batch holds padding: transformers skips the attention mask
+    Two sizes, so the traced batch holds padding: transformers skips the attention mask
     when it is all ones, and a graph traced that way would ignore padding for good.
     """
     model, task = predictor.model, predictor.task
-    probe = task.example_from_input("runassist exports this model to onnx .")
-    features = task.encode([probe, task.example_from_input("a short one")], predictor.tokenizer, predictor.state)
-    batch = task.collate(features, predictor.tokenizer.pad_token_id)
-    if bool(batch["attention_mask"].all()):
+    features = task.encode(task.export_probe(), predictor.processor, predictor.state)
+    batch = task.collate([_unlabelled(f) for f in features], predictor.processor)
+    mask = batch.get("attention_mask")
+    if mask is not None and bool(mask.all()):
         raise RunassistError("export: the tracing batch has no padding; cannot export a padding-aware graph")
     accepted = set(inspect.signature(model.forward).parameters)
-    names = [n for n in _INPUT_ORDER if n in batch and n in accepted]
+    names = [n for n in batch if n in accepted and n not in task.target_keys]
     args = tuple(batch[n] for n in names)
-    with torch.no_grad():
-        logits = model(**dict(zip(names, args))).logits
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch", 1: "sequence"} if logits.ndim == 3 else {0: "batch"}
-    wrapper = _LogitsOnly(model, names).eval()
+    outputs = dict(task.onnx_outputs)
+    # Every input's axis 0 is the batch; its other axes are dynamic where they vary with the input
+    # (sequence length), which for token ids and masks is axis 1.
+    axes: dict[str, dict[int, str]] = {n: {0: "batch", **({1: "sequence"} if batch[n].ndim == 2 else {})}
+                                       for n in names}
+    for name, dims in outputs.items():
+        axes[name] = {i: d for i, d in enumerate(dims) if d}
+    wrapper = _Traceable(task, model, names, list(outputs)).eval()
     # The tracer warns about every Python branch on a shape (transformers' mask helpers); the
     # parity check below is what tells whether the graph is right, so the noise is dropped.
     with torch.no_grad(), _quiet():
-        torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=["logits"],
+        torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=list(outputs),
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
     # torch.onnx.export (dynamo=False) can leave the wrapped module in train mode (dropout on):
     # the parity check must compare against the eval-mode model.
@@ -427,26 +339,10 @@ def _metric(predictor: Any, examples: Sequence[Any], predictions: Sequence[Any],
     return round(float(value), 6) if isinstance(value, (int, float)) else None
 
 
-def _agreement(reference: Sequence[Any], other: Sequence[Any]) -> dict[str, Any]:
-    """Identical predictions per example; for tag sequences also per word."""
-    if not reference:
-        return {"agreement": 1.0, "identical": 0, "examples": 0}
-    identical = sum(_outcome(a) == _outcome(b) for a, b in zip(reference, other))
-    out: dict[str, Any] = {"agreement": round(identical / len(reference), 6), "identical": identical,
-                           "examples": len(reference)}
-    if hasattr(reference[0], "tags"):
-        words = sum(len(a.tags) for a in reference)
-        same = sum(x == y for a, b in zip(reference, other) for x, y in zip(a.tags, b.tags))
-        out["token_agreement"] = round(same / words, 6) if words else 1.0
-    return out
+def _unlabelled(feature: Any) -> Any:
+    from dataclasses import replace
 
-
-def _outcome(prediction: Any) -> Any:
-    """What a prediction decides (tags or labels), without the scores, which differ in the last digits."""
-    for field in ("tags", "labels"):
-        if hasattr(prediction, field):
-            return tuple(getattr(prediction, field))
-    return prediction
+    return replace(feature, target=None)
 
 
 def _model_files(path: Path) -> list[Path]:

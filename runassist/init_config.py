@@ -6,44 +6,25 @@ from typing import Any
 
 import yaml
 
-from runassist.config import TASK_NAMES, Config, validate
-from runassist.errors import ConfigError
-
-# Defaults that differ by task. The NER demo values were chosen on WNUT-16 with MiniLM: small
-# models need a higher learning rate and more epochs than the BERT-base recipe (5e-5 x 3 reaches
-# test F1 0.27 there; 1e-4+ with early stopping reaches 0.45+).
-_TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ner": {"task": {"name": "ner"},
-            "model": {"source": "minilm", "max_length": 128},
-            "data": {"train": "wnut16:train", "dev": "wnut16:dev", "test": "wnut16:test"},
-            "train": {"epochs": 8, "lr": 2e-4, "batch_size": 16}},
-    "classify": {"task": {"name": "classify"},
-                 "model": {"source": "minilm", "max_length": 64},
-                 "data": {"train": "rotten-tomatoes:train", "dev": "rotten-tomatoes:dev",
-                          "test": "rotten-tomatoes:test"},
-                 "train": {"epochs": 2, "lr": 1e-4, "batch_size": 32}},
-}
+from runassist.config import Config
+from runassist.tasks import task_class, validate_config
 
 COMMENTS: dict[str, str] = {
-    "task": "what the model learns",
-    "task.name": "ner (tag words) | classify (label whole texts)",
-    "task.multi_label": "classify: a text may carry several labels (sigmoid + thresholds tuned on dev)",
-    "task.scoring": "ner: conlleval (the CoNLL-2000 rules, the usual one to report) | strict (exact IOB2 spans)",
+    "task": "what the model learns; its keys are the task's own (`runassist init NAME` for another task)",
     "model": "the pretrained model and how text is cut for it",
     "model.source": "minilm (packaged), a local model folder, a hub name, or runs/NAME/model to continue training",
-    "model.max_length": "sub-tokens per window; longer inputs are windowed (ner) or cut (classify)",
+    "model.max_length": "sub-tokens per model input, special tokens included; longer inputs are windowed or cut",
     "model.stride": "sub-tokens shared by neighbouring windows, so every word has context; empty: max_length // 4",
-    "model.long_text": "classify: truncate (keep the head) | windows (average logits over windows)",
     "data": "where the examples are: a file path or a packaged alias (runassist assets)",
-    "data.train": "training split: .conll/.txt (token TAG per line) or .jsonl for ner; .csv/.tsv/.jsonl for classify",
+    "data.train": "training split: a file (.conll/.txt token-per-line, .jsonl, .csv, .tsv) or a packaged alias",
     "data.dev": "used for early stopping and choosing the kept model; leave empty to keep the last model",
     "data.test": "scored once at the end with the kept model; never used for choices",
     "data.format": "auto (from the extension) | conll | jsonl | csv | tsv",
-    "data.scheme": "ner tag scheme of the files: auto | iob1 | iob2 | bioes (all converted to IOB2)",
-    "data.text_column": "classify: column (or JSON key) with the text",
-    "data.text_pair_column": "classify: second text for sentence-pair tasks (NLI, paraphrase); empty for none",
-    "data.label_column": "classify: column with the label (a list, or joined by label_separator, for multi-label)",
-    "data.label_separator": "classify multi-label in CSV: e.g. '|' for 'sports|politics'",
+    "data.scheme": "tag scheme of token-tagged files: auto | iob1 | iob2 | bioes (all converted to IOB2)",
+    "data.text_column": "tabular data: column (or JSON key) with the text",
+    "data.text_pair_column": "tabular data: second text for sentence-pair tasks (NLI, paraphrase); empty for none",
+    "data.label_column": "tabular data: column with the label (a list, or joined by label_separator, for several)",
+    "data.label_separator": "several labels in one CSV cell: e.g. '|' for 'sports|politics'",
     "train": "hyperparameters",
     "train.epochs": "passes over the training data; early stopping usually ends sooner",
     "train.max_steps": "optional cap on optimizer updates (handy for smoke tests)",
@@ -66,7 +47,7 @@ COMMENTS: dict[str, str] = {
     "train.freeze": "none | embeddings | bottom:N (embeddings + N lowest layers) | head_only",
     "train.lora": "LoRA adapters instead of full fine-tuning, e.g. {r: 8, alpha: 16}; empty for full",
     "train.early_stopping": "stop when the dev metric stops improving; empty to always run every epoch",
-    "train.early_stopping.metric": "empty for the task's headline (ner: f1, classify: accuracy)",
+    "train.early_stopping.metric": "empty for the task's headline score (f1 for entities, accuracy for labels)",
     "train.early_stopping.mode": "max (higher is better) | min",
     "train.early_stopping.patience": "evaluations without improvement before stopping",
     "train.early_stopping.min_delta": "smallest change that counts as an improvement",
@@ -80,28 +61,36 @@ COMMENTS: dict[str, str] = {
 }
 
 
+def task_comments(task: str) -> dict[str, str]:
+    """``task.KEY`` -> the comment the task's section gives its key (its ``Field`` description)."""
+    section = task_class(task).Section
+    comments = {f"task.{key}": field.description or "" for key, field in section.model_fields.items()}
+    comments["task.name"] = f"{task}; other tasks: `runassist init --list`"
+    return comments
+
+
 def render(task: str) -> str:
-    if task not in TASK_NAMES:
-        raise ConfigError(f"unknown task '{task}'; choose one of: {', '.join(TASK_NAMES)}")
-    cfg = validate(_TASK_DEFAULTS[task])
+    cfg = default_config(task)
+    comments = {**COMMENTS, **task_comments(task)}
     data = cfg.model_dump(mode="json")
     lines = [f"# runassist config for {task}. Any key can be overridden on the command line:",
              "#   runassist train this.yaml train.lr=3e-5 data.train=my.conll", ""]
     for section, values in data.items():
-        lines.append(f"{section}:  # {COMMENTS[section]}")
-        _render_mapping(lines, section, values, indent=2)
+        lines.append(f"{section}:  # {comments[section]}")
+        _render_mapping(lines, section, values, comments, indent=2)
         lines.append("")
     return "\n".join(lines)
 
 
-def _render_mapping(lines: list[str], prefix: str, values: dict[str, Any], *, indent: int) -> None:
+def _render_mapping(lines: list[str], prefix: str, values: dict[str, Any], comments: dict[str, str], *,
+                    indent: int) -> None:
     pad = " " * indent
     for key, value in values.items():
         path = f"{prefix}.{key}"
-        comment = COMMENTS.get(path, "")
+        comment = comments.get(path, "")
         if isinstance(value, dict):
             lines.append(f"{pad}{key}:  # {comment}")
-            _render_mapping(lines, path, value, indent=indent + 2)
+            _render_mapping(lines, path, value, comments, indent=indent + 2)
             continue
         text = "" if value is None else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
         if text.endswith("..."):
@@ -110,4 +99,4 @@ def _render_mapping(lines: list[str], prefix: str, values: dict[str, Any], *, in
 
 
 def default_config(task: str) -> Config:
-    return validate(_TASK_DEFAULTS[task])
+    return validate_config(task_class(task).init_defaults())

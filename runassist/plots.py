@@ -9,10 +9,10 @@ touched and no global matplotlib state changes under other code in the same proc
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
+
+from runassist.atomic import atomic_write
 
 # tab10: distinct, colour-blind-tolerant, and the report uses the same colours for entity types.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -54,17 +54,7 @@ def _png(fig: Any) -> bytes:
 
 
 def write_png(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary name and rename, like runs.atomic_write for text."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a chart is as readable as any other run file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
 
 
 def _ema(values: Sequence[float], alpha: float) -> list[float]:

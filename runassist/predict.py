@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from runassist.atomic import atomic_write, read_json
 from runassist import runs
 from runassist.errors import DataError, RunassistError
 from runassist.inference import predict_examples
@@ -25,11 +26,11 @@ BACKENDS = ("torch", "onnx")
 
 
 class Predictor:
-    def __init__(self, *, run: Path, task: Any, model: Any, tokenizer: Any, state: TaskState, cfg: Any,
+    def __init__(self, *, run: Path, task: Any, model: Any, processor: Any, state: TaskState, cfg: Any,
                  precision: str = "fp32", batch_size: int = 64, backend: str = "torch", guard: Any = None):
-        self.run, self.task, self.model, self.tokenizer, self.state, self.cfg = run, task, model, tokenizer, state, cfg
+        self.run, self.task, self.model, self.processor, self.state, self.cfg = run, task, model, processor, state, cfg
         self.batch_size, self.backend, self.precision = batch_size, backend, precision
-        self.guard = guard  # export.Guard: an int8 export's full-precision re-check, else None
+        self.guard = guard  # onnx_runtime.Guard: an int8 export's full-precision re-check, else None
         bf16 = precision == "bf16" and backend == "torch"
         self._autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else None
 
@@ -39,7 +40,7 @@ class Predictor:
         """Load a trained run. ``precision="auto"`` predicts in the precision the run was trained and
         scored in (bf16 on CPUs that run it fast: ~1.8x faster than fp32 here, with 99.9% identical
         entities), so `evaluate` reproduces the scores in summary.json."""
-        from runassist.tasks.hf import load_tokenizer, quiet_transformers
+        from runassist.tasks.hf import quiet_transformers
 
         run = runs.require(Path(run), "config.yaml", "model/task.json")
         if backend not in BACKENDS:
@@ -52,13 +53,13 @@ class Predictor:
             torch.set_num_threads(threads)
         cfg = runs.load_config(run)
         task = make_task(cfg)
-        saved = runs.read_json(run / "model" / "task.json")
+        saved = read_json(run / "model" / "task.json")
         state = TaskState(labels=saved["labels"], extras=saved.get("extras", {}))
-        tokenizer = load_tokenizer(str(run / "model"))
+        processor = task.load_processor(str(run / "model"))
         quiet_transformers()
         guard = None
         if backend == "onnx":
-            from runassist.export import Guard, OnnxModel
+            from runassist.onnx_runtime import Guard, OnnxModel
 
             model = OnnxModel.load(run)
             guard = Guard.load(run, model)
@@ -73,7 +74,7 @@ class Predictor:
             model = task.build_model(str(run / "model"), state)
         if hasattr(model, "eval"):
             model.eval()
-        return cls(run=run, task=task, model=model, tokenizer=tokenizer, state=state, cfg=cfg,
+        return cls(run=run, task=task, model=model, processor=processor, state=state, cfg=cfg,
                    precision=precision, batch_size=batch_size, backend=backend, guard=guard)
 
     # -- predicting ---------------------------------------------------------
@@ -89,23 +90,24 @@ class Predictor:
     def predict_examples(self, examples: Sequence[Any]) -> list[Any]:
         if not examples:
             return []
-        return predict_examples(self.task, self.model, self.tokenizer, examples, self.state,
+        return predict_examples(self.task, self.model, self.processor, examples, self.state,
                                 batch_size=self.batch_size, autocast=self._autocast, guard=self.guard)
 
     def predict(self, inputs: Sequence[Any]) -> list[dict[str, Any]]:
-        """Texts (or word lists for NER, or {"text", "text_pair"} for pairs) in, JSON-ready dicts out."""
+        """Inputs as the task takes them (``task.example_from_input``) in, JSON-ready dicts out."""
         examples = self.examples(inputs)
         return [self.task.to_json(ex, p) for ex, p in zip(examples, self.predict_examples(examples))]
 
     def info(self) -> dict[str, Any]:
-        summary = runs.read_json(self.run / "summary.json") if (self.run / "summary.json").exists() else {}
-        return {"run": self.run.name, "task": self.task.name, "labels": self.state.labels,
+        summary = read_json(self.run / "summary.json") if (self.run / "summary.json").exists() else {}
+        return {"run": self.run.name, "task": self.task.name, "title": self.task.title, "labels": self.state.labels,
+                "labels_summary": self.task.labels_summary(self.state.labels),
                 "base_model": self.cfg.model.source, "backend": self.backend,
                 "metrics": {"best": summary.get("best"), "dev": summary.get("dev"), "test": summary.get("test")}}
 
 
 def _trained_precision(run: Path) -> str:
-    summary = runs.read_json(run / "summary.json") if (run / "summary.json").exists() else {}
+    summary = read_json(run / "summary.json") if (run / "summary.json").exists() else {}
     trained = (summary.get("engine") or {}).get("precision")
     if trained in ("fp32", "bf16"):
         return trained
@@ -119,47 +121,45 @@ def _trained_precision(run: Path) -> str:
 def predict_file(predictor: Predictor, source: str, output: str | None = None, *, fmt: str = "auto") -> int:
     """Predict every item of a file (or '-' for stdin) and write the results.
 
-    Input: a CoNLL or JSONL file the task reads (words kept as given), a CSV/TSV (the text
-    column from the run's config; every column is kept and prediction columns are added),
-    or plain text, one document a line. Output: CoNLL (`word [gold] pred`) or JSONL.
+    Input: a file the task reads (CoNLL, JSONL; labels, where present, are kept as gold), a
+    CSV/TSV (the task's input columns, ``data.text_column`` by default; every column is kept and
+    prediction columns are added), or plain text, one input a line. Output: JSONL, CSV/TSV, or a
+    format of the task's own (``task.output_formats``, e.g. CoNLL for NER).
     Returns the number of items predicted.
     """
+    task = predictor.task
     kind = _input_kind(source)
-    out_fmt = fmt if fmt != "auto" else ("conll" if kind == "conll" else "csv" if kind in ("csv", "tsv") else "jsonl")
+    formats = task.output_formats
+    if fmt == "auto":
+        fmt = "conll" if kind == "conll" and "conll" in formats else "csv" if kind in ("csv", "tsv") else "jsonl"
+    if fmt not in formats:
+        raise RunassistError(f"--format {fmt!r}: a {task.name} run writes {', '.join(('auto', *formats))}")
+    rows = None
     if kind in ("csv", "tsv"):
         rows, header = _read_table(source, kind)
-        column, pair = predictor.cfg.data.text_column, predictor.cfg.data.text_pair_column
-        for name, key in ((column, "data.text_column"), (pair, "data.text_pair_column")):
-            if name is not None and name not in header:
-                raise DataError(source, 1, f"no '{name}' column ({key}); columns: {', '.join(header)}")
-        # A pair model must see both texts, as in training; a short row's missing cell reads as "".
-        examples = predictor.examples([{"text": r[column] or "", "text_pair": r[pair] or ""} if pair else
-                                       (r[column] or "") for r in rows])
+        for name in task.input_columns():
+            if name not in header:
+                raise DataError(source, 1, f"no '{name}' column (data.text_column / data.text_pair_column of the "
+                                           f"run's config); columns: {', '.join(header)}")
+        examples = [task.example_from_row(r) for r in rows]
     elif kind in ("conll", "jsonl"):
-        examples = predictor.task.read(source, require_labels=False)
-        rows = None
+        examples = task.read(source, require_labels=False)
     else:
-        lines = _read_lines(source)
-        examples = predictor.examples([line for line in lines])
-        rows = None
+        examples = predictor.examples(_read_lines(source))
     predictions = predictor.predict_examples(examples)
-    results = [predictor.task.to_json(ex, p) for ex, p in zip(examples, predictions)]
-    if out_fmt == "conll":
-        if not hasattr(predictions[0] if predictions else None, "tags"):
-            raise RunassistError("--format conll is for NER runs; use jsonl")
-        text = _conll_text(examples, predictions)
-    elif out_fmt == "csv":
+    if fmt == "jsonl":
+        text = "".join(json.dumps(task.to_json(ex, p), ensure_ascii=False) + "\n" for ex, p in zip(examples, predictions))
+    elif fmt == "csv":
+        results = [task.to_json(ex, p) for ex, p in zip(examples, predictions)]
         text = _table_text(rows if rows is not None else [{"text": getattr(e, "text", "")} for e in examples],
                            results, delimiter="\t" if kind == "tsv" else ",")
-    elif out_fmt == "jsonl":
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
     else:
-        raise RunassistError(f"--format {fmt!r}: choose one of auto, conll, jsonl, csv")
+        text = task.format_output(fmt, examples, predictions)
     if output in (None, "-"):
         sys.stdout.write(text)
     else:
-        runs.atomic_write(Path(output), text)
-    return len(results)
+        atomic_write(Path(output), text)
+    return len(predictions)
 
 
 def _input_kind(source: str) -> str:
@@ -211,16 +211,8 @@ def _read_table(source: str, kind: str) -> tuple[list[dict[str, str]], list[str]
         return rows, list(reader.fieldnames or [])
 
 
-def _conll_text(examples: Sequence[Any], predictions: Sequence[Any]) -> str:
-    blocks = []
-    for ex, pred in zip(examples, predictions):
-        gold = ex.tags
-        lines = [f"{w} {gold[i]} {t}" if gold else f"{w} {t}" for i, (w, t) in enumerate(zip(ex.tokens, pred.tags))]
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) + "\n"
-
-
 def _table_text(rows: Iterable[dict[str, Any]], results: Sequence[dict[str, Any]], *, delimiter: str) -> str:
+    """The rows with the prediction's fields added as ``pred_*`` columns (lists and objects as JSON)."""
     merged = []
     for row, result in zip(rows, results):
         extra = {f"pred_{k}": (v if isinstance(v, (str, int, float)) else json.dumps(v, ensure_ascii=False))

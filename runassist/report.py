@@ -1,8 +1,9 @@
 """write_report(run) -> RUN/report.html: one self-contained page about a run.
 
-The page holds the learning curves, the test scores per label, the errors (NER: error
-kinds and the worst sentences, gold beside predicted; classification: the confusion matrix
-and the most confident mistakes), the environment and the resolved config. Charts are
+The page holds the learning curves, the test scores per label, the errors (the task's own
+section: for NER error kinds and the worst sentences, gold beside predicted; for
+classification the confusion matrix and the most confident mistakes), the environment and
+the resolved config. Charts are
 PNGs written to RUN/plots/ and embedded as data URIs, styles are inline: the file opens
 anywhere, offline, and can be mailed as it is. Nothing is fetched from the network.
 
@@ -12,26 +13,17 @@ still gets a report that says what is missing.
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from runassist import plots, runs
-from runassist.data.io import split_lines
+from runassist.atomic import atomic_write, read_json
 from runassist.errors import RunassistError
+from runassist.htmlparts import bar as _bar, e as _e, img as _img, label_colours, missing as _missing, num as _num, \
+    table as _table
 
-WORST_SENTENCES = 6
-CONFIDENT_MISTAKES = 10
-ERROR_HELP = {
-    "type": "right span, wrong type",
-    "boundary": "right type, overlapping but different span",
-    "boundary_and_type": "overlapping span, wrong type",
-    "missed": "gold entity no prediction touches",
-    "spurious": "prediction that touches no gold entity",
-}
 
 
 @dataclass
@@ -41,6 +33,7 @@ class _Run:
     path: Path
     config_text: str | None = None
     cfg: Any = None
+    task: Any = None  # the run's task (tasks.make_task), for its report hooks; None without a config
     summary: dict[str, Any] = field(default_factory=dict)
     env: dict[str, Any] | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
@@ -51,14 +44,10 @@ class _Run:
     missing: list[str] = field(default_factory=list)
 
     @property
-    def task(self) -> str:
-        if self.cfg is not None:
-            return self.cfg.task.name
+    def title(self) -> str:
+        if self.task is not None:
+            return self.task.title
         return str(self.summary.get("task") or "?")
-
-    @property
-    def multi_label(self) -> bool:
-        return bool(self.cfg is not None and self.cfg.task.multi_label)
 
     @property
     def metric(self) -> str:
@@ -67,9 +56,7 @@ class _Run:
             return str(best["metric"])
         if self.cfg is not None and self.cfg.train.early_stopping and self.cfg.train.early_stopping.metric:
             return self.cfg.train.early_stopping.metric
-        if self.task == "classify":
-            return "micro_f1" if self.multi_label else "accuracy"
-        return "f1"
+        return self.task.headline if self.task is not None else "f1"
 
 
 def write_report(run: str | Path, *, output: str | Path | None = None) -> Path:
@@ -81,7 +68,7 @@ def write_report(run: str | Path, *, output: str | Path | None = None) -> Path:
     images = _draw(info)
     page = _page(info, images)
     path = Path(output) if output is not None else run / "report.html"
-    runs.atomic_write(path, page)
+    atomic_write(path, page)
     return path
 
 
@@ -91,7 +78,7 @@ def _read_json(path: Path, info: _Run, what: str) -> Any:
     if not path.exists():
         return None
     try:
-        return runs.read_json(path)
+        return read_json(path)
     except (OSError, ValueError) as exc:
         info.missing.append(f"{path.name} could not be read ({exc}); {what} left out")
         return None
@@ -103,7 +90,10 @@ def _load(run: Path) -> _Run:
     if config_path.exists():
         info.config_text = config_path.read_text(encoding="utf-8")
         try:
+            from runassist.tasks import make_task
+
             info.cfg = runs.load_config(run)
+            info.task = make_task(info.cfg)
         except RunassistError as exc:
             info.missing.append(f"config.yaml is not a valid config ({exc})")
     else:
@@ -137,7 +127,7 @@ def _find_eval(info: _Run) -> None:
         scores = _read_json(folder / f"{name}.json", info, f"eval/{name}.json")
         if isinstance(scores, dict):
             info.split, info.scores = name, scores
-            ext = ".conll" if info.task == "ner" else ".jsonl"
+            ext = info.task.prediction_suffix if info.task is not None else ".jsonl"
             if (folder / f"{name}{ext}").exists():
                 info.predictions = folder / f"{name}{ext}"
             else:
@@ -163,19 +153,17 @@ def _draw(info: _Run) -> dict[str, bytes]:
     loss = [(r["step"], r["loss"]) for r in train_rows if isinstance(r.get("loss"), (int, float))]
     lr = [(r["step"], r["lr"]) for r in train_rows if isinstance(r.get("lr"), (int, float))]
     best_step = (info.summary.get("best") or {}).get("step")
-    extra = ("precision", "recall") if info.task == "ner" else ("macro_f1",)
+    extra = info.task.curve_extras if info.task is not None else ()
     per_label = _per_label(info.scores)
-    colours = _type_colours(per_label) if info.task == "ner" else None
-    confusion = (info.scores or {}).get("confusion")
     charts = {
         "loss.png": lambda: plots.line_chart(*zip(*loss), title="train loss", ylabel="loss", smooth=True,
                                              log_y=True) if loss else None,
         "dev_metric.png": lambda: plots.dev_chart(eval_rows, info.metric, best_step=best_step, extra=extra),
         "lr.png": lambda: plots.line_chart(*zip(*lr), title="learning rate", ylabel="lr") if lr else None,
-        "per_label_f1.png": lambda: plots.per_label_chart(per_label, colours=colours),
-        "confusion.png": lambda: (plots.confusion_chart(confusion.get("labels") or [], confusion.get("matrix") or [])
-                                  if isinstance(confusion, dict) else None),
+        "per_label_f1.png": lambda: plots.per_label_chart(per_label, colours=label_colours(per_label)),
     }
+    if info.task is not None and info.scores is not None:
+        charts.update(info.task.report_charts(info.scores))
     images: dict[str, bytes] = {}
     folder = info.path / "plots"
     for name, draw in charts.items():
@@ -197,58 +185,11 @@ def _per_label(scores: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return {str(k): v for k, v in per.items() if isinstance(v, dict)}
 
 
-def _type_colours(types: Sequence[str]) -> dict[str, str]:
-    return {t: plots.colour_for(i) for i, t in enumerate(sorted(types))}
-
-
 # -- HTML --------------------------------------------------------------------
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return "–" if value is None else _e(value)
-
-
-def _img(images: dict[str, bytes], name: str, alt: str) -> str:
-    data = images.get(name)
-    if not data:
-        return ""
-    encoded = base64.b64encode(data).decode("ascii")
-    return (f'<figure><img alt="{_e(alt)}" src="data:image/png;base64,{encoded}">'
-            f"<figcaption>plots/{_e(name)}</figcaption></figure>")
-
-
-def _missing(text: str) -> str:
-    return f'<p class="missing">{_e(text)}</p>'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, cls: str = "") -> str:
-    """Cells are HTML already (callers escape); header names are escaped here."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _bar(value: float, colour: str = plots.ACCENT) -> str:
-    width = max(0.0, min(1.0, float(value))) * 100
-    return f'<span class="bar"><span style="width:{width:.1f}%;background:{colour}"></span></span>'
-
-
 def _page(info: _Run, images: dict[str, bytes]) -> str:
-    sections = [_header(info), _curves(info, images), _test(info, images)]
-    if info.task == "ner":
-        sections.append(_ner_errors(info))
-    elif info.task == "classify":
-        sections.append(_classify_errors(info, images))
-    sections += [_details(info), _environment(info), _config(info)]
+    sections = [_header(info), _curves(info, images), _test(info, images), _errors(info, images),
+                _details(info), _environment(info), _config(info)]
     title = f"runassist report: {info.path.name}"
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -262,7 +203,7 @@ def _header(info: _Run) -> str:
     test = info.scores or s.get("test") or {}
     metric = info.metric
     cards = [
-        ("task", info.task + (" (multi-label)" if info.multi_label else "")),
+        ("task", info.title),
         (f"best dev {metric}", f"{_num(best.get('value'))}" + (f" <small>at step {_num(best.get('step'))}</small>"
                                                                 if best.get("step") is not None else "")),
         (f"test {metric}" + (f" ({info.split})" if info.split and info.split != "test" else ""),
@@ -314,7 +255,7 @@ def _test(info: _Run, images: dict[str, bytes]) -> str:
         headline += f'<p class="small">entities: {entities}{words}</p>'
     per = _per_label(info.scores)
     if per:
-        colours = _type_colours(per) if info.task == "ner" else {}
+        colours = label_colours(list(per))
         extra_cols = [c for c in ("predicted", "correct") if any(c in row for row in per.values())]
         rows = []
         for label, row in per.items():
@@ -331,174 +272,9 @@ def _test(info: _Run, images: dict[str, bytes]) -> str:
     return f"<section><h2>{title}</h2>{headline}<h3>Per label</h3>{body}</section>"
 
 
-# -- NER errors ----------------------------------------------------------------
-
-def read_conll_predictions(path: Path) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
-    """``word gold pred`` lines (blank line between sentences) -> (words, gold, pred) per sentence."""
-    words: list[list[str]] = []
-    gold: list[list[str]] = []
-    pred: list[list[str]] = []
-    current: list[tuple[str, str, str]] = []
-
-    def flush() -> None:
-        if current:
-            words.append([c[0] for c in current])
-            gold.append([c[1] for c in current])
-            pred.append([c[2] for c in current])
-            current.clear()
-
-    for line in split_lines(path.read_text(encoding="utf-8")):
-        cols = line.split()
-        if not cols or cols[0] == "-DOCSTART-":
-            flush()
-            continue
-        if len(cols) >= 3:
-            current.append((cols[0], cols[-2], cols[-1]))
-    flush()
-    return words, gold, pred
-
-
-def _ner_errors(info: _Run) -> str:
-    parts = ['<section><h2>Errors</h2>']
-    errors = (info.scores or {}).get("errors")
-    if isinstance(errors, dict):
-        total = errors.get("total") or sum(v for k, v in errors.items() if k in ERROR_HELP) or 0
-        rows = []
-        for kind, why in ERROR_HELP.items():
-            count = int(errors.get(kind, 0))
-            share = count / total if total else 0.0
-            rows.append([f"<b>{_e(kind)}</b>", _e(why), _num(count),
-                         f"{100 * share:.0f}% {_bar(share, '#d62728')}"])
-        rows.append(["<b>total</b>", "", _num(total), ""])
-        parts.append(_table(["kind", "meaning", "count", "share"], rows, cls="errors"))
-    else:
-        parts.append(_missing("No error breakdown: eval/<split>.json has no 'errors'."))
-    parts.append(f"<h3>Worst sentences</h3>")
-    if info.predictions is None:
-        parts.append(_missing("No predictions file (eval/<split>.conll): worst sentences cannot be shown."))
-    else:
-        parts.append(_worst_sentences(info))
-    parts.append("</section>")
-    return "".join(parts)
-
-
-def _worst_sentences(info: _Run) -> str:
-    from runassist.metrics.entities import extract_entities, worst_sentences
-
-    mode = info.cfg.task.scoring if info.cfg is not None else "conlleval"
-    try:
-        words, gold, pred = read_conll_predictions(info.predictions)
-        worst = worst_sentences(gold, pred, mode=mode, k=WORST_SENTENCES)
-    except (OSError, ValueError) as exc:
-        return _missing(f"{info.predictions.name} could not be read ({exc}).")
-    if not worst:
-        return '<p>Every test sentence is right: no errors to show.</p>'
-    types = sorted({e[0] for tags in (*gold, *pred) for e in extract_entities(tags, mode=mode)}
-                   | set(_per_label(info.scores)))
-    colours = _type_colours(types)
-    legend = " ".join(f'<span class="ent" style="{_ent_style(colours[t])}">{_e(t)}</span>' for t in types)
-    out = [f'<p class="small">The {len(worst)} test sentences with most entity errors ({_e(mode)} reading). '
-           f'Solid outline: an entity the other side also has; <span class="ent wrong">dashed red</span>: '
-           f'no exact match on the other side. Types: {legend}</p>']
-    for row in worst:
-        i = row["index"]
-        g_ents = extract_entities(gold[i], mode=mode)
-        p_ents = extract_entities(pred[i], mode=mode)
-        kinds = ", ".join(f"{row[k]} {k}" for k in ERROR_HELP if row.get(k))
-        gold_line = _highlight(words[i], g_ents, set(p_ents), colours)
-        pred_line = _highlight(words[i], p_ents, set(g_ents), colours)
-        out.append(f'<div class="sent"><div class="sent-head">sentence {i + 1} · {row["errors"]} '
-                   f'error{"s" if row["errors"] != 1 else ""}: {_e(kinds)}</div>'
-                   f'<div class="line"><span class="side">gold</span>{gold_line}</div>'
-                   f'<div class="line"><span class="side">pred</span>{pred_line}</div></div>')
-    return "".join(out)
-
-
-def _ent_style(colour: str) -> str:
-    return f"background:{colour}2e;border-color:{colour}"
-
-
-def _highlight(words: Sequence[str], entities: Sequence[tuple[str, int, int]], other: set,
-               colours: dict[str, str]) -> str:
-    """The sentence with each entity as a coloured span labelled with its type."""
-    starts = {start: (type_, end) for type_, start, end in entities}
-    out, i = [], 0
-    while i < len(words):
-        if i in starts and starts[i][1] > i:
-            type_, end = starts[i]
-            wrong = "" if (type_, i, end) in other else " wrong"
-            text = " ".join(_e(w) for w in words[i:end])
-            out.append(f'<span class="ent{wrong}" style="{_ent_style(colours.get(type_, plots.ACCENT))}">'
-                       f'{text}<sub>{_e(type_)}</sub></span>')
-            i = end
-        else:
-            out.append(_e(words[i]))
-            i += 1
-    return " ".join(out)
-
-
-# -- classification errors -------------------------------------------------------
-
-def _confidence(row: dict[str, Any]) -> float:
-    """How sure the model was of its mistake: the highest probability among wrongly added
-    labels, or one minus the lowest among wrongly left-out ones."""
-    probs = row.get("probs") or {}
-    gold, predicted = set(row.get("gold") or ()), set(row.get("labels") or ())
-    values = [float(probs.get(label, 0.0)) for label in predicted - gold]
-    values += [1.0 - float(probs.get(label, 0.0)) for label in gold - predicted]
-    return max(values, default=0.0)
-
-
-def read_classify_mistakes(path: Path) -> tuple[int, list[dict[str, Any]]]:
-    """(number of examples, wrong ones with a ``confidence`` key, most confident first)."""
-    rows = []
-    for line in split_lines(path.read_text(encoding="utf-8")):
-        if line.strip():
-            rows.append(json.loads(line))
-    wrong = [dict(r, confidence=_confidence(r)) for r in rows
-             if set(r.get("gold") or ()) != set(r.get("labels") or ())]
-    wrong.sort(key=lambda r: -r["confidence"])
-    return len(rows), wrong
-
-
-def _classify_errors(info: _Run, images: dict[str, bytes]) -> str:
-    parts = ["<section><h2>Errors</h2>"]
-    if images.get("confusion.png"):
-        parts.append(f'<div class="narrow">{_img(images, "confusion.png", "test confusion matrix")}</div>')
-    elif info.scores is not None and not info.multi_label:
-        parts.append(_missing("No confusion matrix in the test scores."))
-    parts.append("<h3>Most confident mistakes</h3>")
-    if info.predictions is None:
-        parts.append(_missing("No predictions file (eval/<split>.jsonl): mistakes cannot be shown."))
-        parts.append("</section>")
-        return "".join(parts)
-    try:
-        n, wrong = read_classify_mistakes(info.predictions)
-    except (OSError, ValueError) as exc:
-        parts.append(_missing(f"{info.predictions.name} could not be read ({exc})."))
-        parts.append("</section>")
-        return "".join(parts)
-    if not wrong:
-        parts.append(f"<p>All {n} test examples are right.</p>")
-    else:
-        rows = []
-        for r in wrong[:CONFIDENT_MISTAKES]:
-            text = str(r.get("text", ""))
-            if r.get("text_pair") is not None:
-                text += " ‖ " + str(r["text_pair"])
-            if len(text) > 300:
-                text = text[:297] + "…"
-            probs = r.get("probs") or {}
-            top = ", ".join(f"{_e(k)} {float(v):.2f}" for k, v in list(probs.items())[:3])
-            rows.append([_e(text), _e(", ".join(r.get("gold") or []) or "(none)"),
-                         '<span class="bad">' + _e(", ".join(r.get("labels") or []) or "(none)") + "</span>",
-                         _num(r["confidence"], 2), f'<span class="small">{top}</span>'])
-        parts.append(f'<p class="small">{len(wrong)} of {n} test examples are wrong; '
-                     f'the {len(rows)} the model was surest of:</p>')
-        parts.append(_table(["text", "gold", "predicted", "confidence", "top probabilities"], rows,
-                            cls="mistakes"))
-    parts.append("</section>")
-    return "".join(parts)
+def _errors(info: _Run, images: dict[str, bytes]) -> str:
+    body = info.task.report_errors(info.scores, info.predictions, images) if info.task is not None else ""
+    return f"<section><h2>Errors</h2>{body}</section>" if body else ""
 
 
 # -- run details, environment, config -----------------------------------------------

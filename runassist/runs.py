@@ -17,12 +17,11 @@ Every file is written to a temporary name and renamed, so a crash never leaves a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
+from runassist.atomic import atomic_write, read_json, write_json
 from runassist.config import Config, OutputConfig, to_yaml
 from runassist.errors import RunassistError
 
@@ -30,33 +29,6 @@ from runassist.errors import RunassistError
 def split_name(spec: str) -> str:
     """The name a split's files get in eval/: `wnut16:test` -> `test`; `data/my-dev.conll` -> `my-dev`."""
     return spec.rsplit(":", 1)[1] if ":" in spec and not Path(spec).exists() else Path(spec).stem
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def create(cfg: Config) -> Path:
@@ -109,9 +81,9 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 
 
 def load_config(run: Path) -> Config:
-    from runassist import config
+    from runassist.tasks import load_config as load
 
-    return config.load(Path(run) / "config.yaml")
+    return load(Path(run) / "config.yaml")
 
 
 def require(run: Path, *names: str) -> Path:

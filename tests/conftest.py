@@ -109,3 +109,12 @@ def ner_overrides(files: dict[str, Path], model: Path, out: Path, **train) -> li
              "train.precision=fp32"]
     items += [f"train.{k}={v}" for k, v in train.items()]
     return items
+
+
+def read_examples(spec: str, *, task: str, data, require_labels: bool = True, **section):
+    """A split read by the task named ``task`` (its section's keys in ``section``)."""
+    from runassist.config import ModelConfig
+    from runassist.tasks import task_class
+
+    cls = task_class(task)
+    return cls(cls.Section(**section), data, ModelConfig()).read(spec, require_labels=require_labels)

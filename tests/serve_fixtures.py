@@ -50,7 +50,7 @@ _CACHE: dict[str, TinyRun] = {}
 def train_tiny_run(tiny_model: Path, folder: Path) -> TinyRun:
     import torch
 
-    from runassist import config
+    from runassist.tasks import load_config
     from runassist.predict import Predictor
     from runassist.train.run import train
 
@@ -58,7 +58,7 @@ def train_tiny_run(tiny_model: Path, folder: Path) -> TinyRun:
     folder.mkdir(parents=True, exist_ok=True)
     files = {split: write_conll(folder / f"{split}.conll", make_ner_sentences(n, seed))
              for split, n, seed in (("train", 64, 0), ("dev", 16, 1), ("test", 16, 2))}
-    cfg = config.load(None, ner_overrides(files, tiny_model, folder / "runs", max_steps=30, lr="1e-2",
+    cfg = load_config(None, ner_overrides(files, tiny_model, folder / "runs", max_steps=30, lr="1e-2",
                                           warmup_ratio=0, early_stopping="null"))
     run = train(cfg, progress=False).run
     predictions = Predictor.from_run(run).predict(CANDIDATES)
@@ -119,8 +119,12 @@ class ThreadedServer:
         self.sock.close()
 
 
-class StubTask:
-    """Answers like a task's to_json, without a model: for tests of the serving machinery."""
+from runassist.tasks.default import BaseTask  # noqa: E402
+
+
+class StubTask(BaseTask):
+    """Answers like a task's to_json, without a model: for tests of the serving machinery. The
+    edges the service reads (tool schema, descriptions) are BaseTask's defaults."""
 
     def __init__(self, name: str = "classify", labels: tuple[str, ...] = ("negative", "positive")):
         self.name, self.labels, self.multi_label = name, list(labels), False

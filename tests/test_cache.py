@@ -10,11 +10,11 @@ from transformers import AutoTokenizer
 
 from conftest import build_tiny_model_dir, make_ner_sentences
 from runassist.cache import cached_encode
-from runassist.config import DataConfig, ModelConfig, TaskConfig
+from runassist.config import DataConfig, ModelConfig
 from runassist.data.records import TextExample, TokenExample
 from runassist.tasks.base import TaskState
-from runassist.tasks.classify import ClassifyTask
-from runassist.tasks.ner import NerTask
+from runassist.tasks.classify import ClassifySection, ClassifyTask
+from runassist.tasks.ner import NerSection, NerTask
 
 
 def spy(task):
@@ -31,7 +31,7 @@ def spy(task):
 
 
 def _ner(max_length=32, stride=8):
-    return spy(NerTask(TaskConfig(name="ner"), DataConfig(), ModelConfig(max_length=max_length, stride=stride)))
+    return spy(NerTask(NerSection(), DataConfig(), ModelConfig(max_length=max_length, stride=stride)))
 
 
 def _examples(n=12, seed=0):
@@ -119,15 +119,15 @@ def test_damaged_file_is_a_miss_and_rewritten(tokenizer, tmp_path):
 
 
 def test_classify_side_effect_and_off_switch(tokenizer, tmp_path):
-    task = spy(ClassifyTask(TaskConfig(name="classify"), DataConfig(), ModelConfig(max_length=8, stride=2)))
+    task = spy(ClassifyTask(ClassifySection(), DataConfig(), ModelConfig(max_length=8, stride=2)))
     examples = [TextExample(text="john went to paris and london and new york", labels=("pos",)),
                 TextExample(text="bad film", labels=("neg",))]
     state = TaskState(labels=["neg", "pos"])
     first = cached_encode(task, examples, tokenizer, state, cache_dir=tmp_path)
-    assert task.last_truncated == 1
-    task.last_truncated = 0
-    assert cached_encode(task, examples, tokenizer, state, cache_dir=tmp_path) == first
-    assert task.calls == 1 and task.last_truncated == 1  # restored from the header
+    assert task.feature_stats(first)["examples_cut"] == 1
+    again = cached_encode(task, examples, tokenizer, state, cache_dir=tmp_path)
+    assert again == first and task.calls == 1
+    assert task.feature_stats(again)["examples_cut"] == 1  # the cut is in the cached features' meta
     cached_encode(task, examples, tokenizer, state, cache_dir=None)
     assert task.calls == 2
 
@@ -143,7 +143,7 @@ def _hooked() -> bool:
 @pytest.mark.skipif(not _hooked(), reason="train/run.py does not call cache.cached_encode yet")
 def test_second_training_run_reuses_the_features(ner_files, tiny_model, tmp_path, monkeypatch):
     from conftest import ner_overrides
-    from runassist import config
+    from runassist.tasks import load_config
     from runassist.train.run import train
 
     calls = []
@@ -154,7 +154,7 @@ def test_second_training_run_reuses_the_features(ner_files, tiny_model, tmp_path
         return real(self, examples, tokenizer, state)
 
     monkeypatch.setattr(NerTask, "encode", counting)
-    cfg = config.load(None, ner_overrides(ner_files, tiny_model, tmp_path / "runs", max_steps=2))
+    cfg = load_config(None, ner_overrides(ner_files, tiny_model, tmp_path / "runs", max_steps=2))
     first = train(cfg, progress=False).summary
     n_first = len(calls)
     assert list((tmp_path / "runs" / ".cache" / "features").glob("*.jsonl"))

@@ -9,7 +9,15 @@ import pytest
 
 from runassist.assets import resolve_model
 from runassist.config import DataConfig, ModelConfig
-from runassist.data.checks import check_data, percentiles
+from runassist.data.checks import check_data as check_with_task
+from runassist.data.checks import percentiles
+from runassist.tasks import task_class
+
+
+def check_data(task: str, data: DataConfig, model: ModelConfig, *, tokenizer=None, **section):
+    """check-data with the task named ``task`` (its section's keys in ``section``)."""
+    cls = task_class(task)
+    return check_with_task(cls(cls.Section(**section), data, model), data, processor=tokenizer)
 
 
 def _write(tmp_path: Path, name: str, text: str) -> str:
@@ -65,7 +73,7 @@ def test_missing_and_empty_splits(tmp_path):
     report = check_data("classify", DataConfig(dev=train), ModelConfig())
     assert "data.train is not set" in report.errors
     report = check_data("classify", DataConfig(train="wnut16:train"), ModelConfig())
-    assert report.errors == ["data.train: 'wnut16:train' is ner data but the task is classify"]
+    assert report.errors == ["wnut16:train: is ner data but the task is classify"]
 
 
 def test_classify_unseen_labels_imbalance_and_overlap(tmp_path):
@@ -116,6 +124,6 @@ def test_classify_texts_cut_and_unknown_tokens(tmp_path, tokenizer):
     # MiniLM is English: most Chinese characters are [UNK]
     assert stats.unk_share > 0.05
     assert any("unknown token" in w for w in report.warnings)
-    windows = check_data("classify", DataConfig(train=train), ModelConfig(max_length=64, stride=16,
-                                                                          long_text="windows"), tokenizer=tokenizer)
+    windows = check_data("classify", DataConfig(train=train), ModelConfig(max_length=64, stride=16),
+                         tokenizer=tokenizer, long_text="windows")
     assert any("read as averaged windows" in w for w in windows.warnings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from conftest import write_conll
-from runassist import config
+from runassist.tasks import load_config
 from runassist.predict import Predictor
 from runassist.train.run import train
 
@@ -31,7 +31,7 @@ def _sentences(n: int, seed: int):
 def test_character_level_chinese_ner(tiny_model, tmp_path):
     files = {s: write_conll(tmp_path / f"{s}.conll", _sentences(n, seed))
              for s, n, seed in (("train", 64, 0), ("dev", 16, 1), ("test", 16, 2))}
-    cfg = config.load(None, ["task=ner", f"model.source={tiny_model}", "model.max_length=32",
+    cfg = load_config(None, ["task=ner", f"model.source={tiny_model}", "model.max_length=32",
                              *(f"data.{k}={v}" for k, v in files.items()), f"output.dir={tmp_path / 'runs'}",
                              "train.batch_size=8", "train.threads=1", "train.precision=fp32", "train.epochs=10",
                              "train.lr=3e-3", "train.warmup_ratio=0"])

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from conftest import CJK
-from runassist import config
+from runassist.tasks import load_config
 from runassist.predict import Predictor, predict_file
 from runassist.train.run import train
 
@@ -43,7 +43,7 @@ def _common(tiny_model, tmp_path):
 def test_multi_label_learns_and_predict_uses_saved_thresholds(tiny_model, tmp_path):
     files = {s: _write_csv(tmp_path / f"{s}.csv", _multi_rows(n, seed))
              for s, n, seed in (("train", 120, 0), ("dev", 30, 1), ("test", 30, 2))}
-    cfg = config.load(None, ["task=classify", "task.multi_label=true", "data.label_separator=|",
+    cfg = load_config(None, ["task=classify", "task.multi_label=true", "data.label_separator=|",
                              *(f"data.{k}={v}" for k, v in files.items()), *_common(tiny_model, tmp_path),
                              "train.epochs=10", "train.lr=3e-3"])
     result = train(cfg, progress=False)
@@ -80,7 +80,7 @@ def test_chinese_characters_with_a_char_level_model(tiny_model, tmp_path):
         return out
 
     files = {s: _write_csv(tmp_path / f"{s}.csv", rows(n)) for s, n in (("train", 96), ("dev", 24), ("test", 24))}
-    cfg = config.load(None, ["task=classify", *(f"data.{k}={v}" for k, v in files.items()),
+    cfg = load_config(None, ["task=classify", *(f"data.{k}={v}" for k, v in files.items()),
                              *_common(tiny_model, tmp_path), "train.epochs=8", "train.lr=3e-3"])
     result = train(cfg, progress=False)
     assert result.summary["test"]["accuracy"] >= 0.9, result.summary["test"]

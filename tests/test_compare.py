@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from conftest import make_ner_sentences, ner_overrides, write_conll
-from runassist import config
-from runassist.compare import _check_comparable, compare_runs, render_comparison, verdict
+from runassist.tasks import load_config
+from runassist.compare import _label_notes, compare_runs, render_comparison, verdict
 from runassist.errors import RunassistError
 from runassist.train.run import train
 
@@ -25,7 +25,7 @@ def two_runs(tiny_model, tmp_path_factory):
     for name, steps, seed in (("a", 12, 1), ("b", 40, 2)):
         overrides = ner_overrides(files, tiny_model, base / "runs", max_steps=steps, seed=seed, lr="1e-2",
                                   early_stopping="null", eval_every=steps) + [f"output.name={name}"]
-        runs.append(train(config.load(None, overrides), progress=False).run)
+        runs.append(train(load_config(None, overrides), progress=False).run)
     return runs[0], runs[1], files
 
 
@@ -120,7 +120,7 @@ def _fake_run(source, folder, *, task=None, labels=None):
     (folder / "model").mkdir(parents=True)
     raw = yaml.safe_load((source / "config.yaml").read_text())
     if task:
-        raw["task"]["name"] = task
+        raw["task"] = {"name": task}  # a task's section has its own keys
     (folder / "config.yaml").write_text(yaml.safe_dump(raw))
     saved = json.loads((source / "model" / "task.json").read_text())
     if labels:
@@ -145,8 +145,14 @@ def test_refuses_what_cannot_be_compared(two_runs, tmp_path):
 
 
 def test_partly_different_labels_are_compared_with_a_note():
-    info = {"task": "classify", "multi_label": False, "name": "x"}
-    notes = _check_comparable({**info, "labels": ["neg", "pos"]}, {**info, "labels": ["neg", "neu", "pos"]})
+    from runassist.config import DataConfig, ModelConfig
+    from runassist.tasks.classify import ClassifySection, ClassifyTask
+
+    task = ClassifyTask(ClassifySection(), DataConfig(), ModelConfig())
+    info = {"name": "x"}
+    notes = _label_notes(task, {**info, "labels": ["neg", "pos"]}, {**info, "labels": ["neg", "neu", "pos"]})
     assert notes == ["labels only B was trained on: neu; A can never predict them, which counts against A"]
+    with pytest.raises(RunassistError, match="share no labels"):
+        _label_notes(task, {**info, "labels": ["a"]}, {**info, "labels": ["b"]})
     with pytest.raises(RunassistError, match="single-label run .* multi-label"):
-        _check_comparable({**info, "labels": ["a"]}, {**info, "multi_label": True, "labels": ["a"]})
+        task.comparable(ClassifySection(multi_label=True))

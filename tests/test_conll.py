@@ -8,21 +8,10 @@ import pytest
 from conftest import write_jsonl as _jsonl
 from conftest import write_text as _write
 from runassist.config import DataConfig
-from runassist.data.conll import (
-    detect_scheme,
-    read_conll,
-    read_token_jsonl,
-    scan_conll,
-    scan_token_jsonl,
-    spans_from_iob2,
-    to_bioes,
-    to_iob2,
-    tokenize_with_offsets,
-    validate_bioes,
-    validate_iob2,
-    write_conll,
-)
-from runassist.data.load import read_examples
+from runassist.data.conll import read_conll, read_token_jsonl, scan_conll, scan_token_jsonl, write_conll
+from runassist.data.tags import detect_scheme, spans_from_iob2, to_bioes, to_iob2, validate_bioes, validate_iob2
+from runassist.data.words import tokenize_with_offsets
+from conftest import read_examples
 from runassist.data.records import TokenExample
 from runassist.errors import ConfigError, DataError
 
@@ -351,11 +340,11 @@ def test_read_examples_ner_errors(tmp_path):
     empty = _write(tmp_path, "empty.conll", "-DOCSTART- O\n\n")
     with pytest.raises(DataError, match=rf"^{empty}: no examples$"):
         read_examples(str(empty), task="ner", data=data)
-    with pytest.raises(ConfigError, match="rotten-tomatoes:train' is classify data but the task is ner"):
+    with pytest.raises(DataError, match="rotten-tomatoes:train: is classify data but the task is ner"):
         read_examples("rotten-tomatoes:train", task="ner", data=data)
     with pytest.raises(DataError, match=rf"^{tmp_path}: is a folder"):
         read_examples(str(tmp_path), task="ner", data=data)
-    with pytest.raises(ConfigError, match="csv is for classify"):
+    with pytest.raises(ConfigError, match="csv is not a NER format"):
         read_examples(str(empty), task="ner", data=DataConfig(format="csv"))
 
 

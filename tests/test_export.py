@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from conftest import WORDS, ner_overrides
-from runassist import config
+from runassist.tasks import load_config
 from runassist.errors import RunassistError
-from runassist.export import OnnxModel, export
+from runassist.export import export
+from runassist.onnx_runtime import OnnxModel
 from runassist.predict import Predictor
 from runassist.train.run import train
 
@@ -28,7 +29,7 @@ def ner_run(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export-ner")
     files = {s: write_conll(tmp / f"{s}.conll", make_ner_sentences(n, seed))
              for s, n, seed in (("train", 64, 0), ("dev", 16, 1), ("test", 16, 2))}
-    cfg = config.load(None, ner_overrides(files, tiny_model, tmp / "runs", max_steps=24, early_stopping="null"))
+    cfg = load_config(None, ner_overrides(files, tiny_model, tmp / "runs", max_steps=24, early_stopping="null"))
     return train(cfg, progress=False).run
 
 
@@ -54,7 +55,7 @@ def classify_run(tiny_model, tmp_path_factory):
                  f"data.train={write('train', 48)}", f"data.dev={write('dev', 16)}", f"output.dir={tmp / 'runs'}",
                  "train.batch_size=8", "train.max_steps=12", "train.lr=5e-3", "train.threads=1",
                  "train.precision=fp32", "train.early_stopping=null"]
-    return train(config.load(None, overrides), progress=False).run
+    return train(load_config(None, overrides), progress=False).run
 
 
 def test_ner_export_int8_parity_and_backends_agree(ner_run):
@@ -79,7 +80,7 @@ def test_ner_export_int8_parity_and_backends_agree(ner_run):
     parity = json.loads((folder / "parity.json").read_text())
     assert parity["guard"] == {"threshold": guard["threshold"]}
     assert parity["active"] == "model.int8.onnx" and parity["split"].endswith("dev.conll")
-    assert parity["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert parity["inputs"] == ["input_ids", "token_type_ids", "attention_mask"]  # as the task's collate makes them
 
     torch_pred = Predictor.from_run(ner_run)
     onnx_pred = Predictor.from_run(ner_run, backend="onnx")
@@ -88,12 +89,12 @@ def test_ner_export_int8_parity_and_backends_agree(ner_run):
 
     # fp32 graph: the dynamic axes take any batch size and length, logits match torch closely
     fp32 = Predictor(run=ner_run, task=torch_pred.task, model=OnnxModel(folder / "model.onnx"),
-                     tokenizer=torch_pred.tokenizer, state=torch_pred.state, cfg=torch_pred.cfg, backend="onnx")
+                     processor=torch_pred.processor, state=torch_pred.state, cfg=torch_pred.cfg, backend="onnx")
     examples = torch_pred.examples(TEXTS)
-    features = torch_pred.task.encode(examples, torch_pred.tokenizer, torch_pred.state)
+    features = torch_pred.task.encode(examples, torch_pred.processor, torch_pred.state)
     assert len(features) > len(TEXTS)  # the long text was windowed
     for size in (1, 3, 64):
-        batch = torch_pred.task.collate(features[:size], torch_pred.tokenizer.pad_token_id)
+        batch = torch_pred.task.collate(features[:size], torch_pred.processor)
         with torch.no_grad():
             expected = torch_pred.model(**batch).logits.numpy()
         got = fp32.model(**batch).logits.numpy()
@@ -116,22 +117,22 @@ def test_ner_export_int8_parity_and_backends_agree(ner_run):
 
 
 def test_guard_reruns_exactly_the_close_calls_in_fp32(ner_run):
-    from runassist.export import Guard
+    from runassist.onnx_runtime import Guard
 
     export(ner_run, quantize="int8")
     folder = ner_run / "onnx"
     torch_pred = Predictor.from_run(ner_run)
     guarded = Predictor.from_run(ner_run, backend="onnx")
     plain = Predictor(run=ner_run, task=torch_pred.task, model=OnnxModel(folder / "model.int8.onnx"),
-                      tokenizer=torch_pred.tokenizer, state=torch_pred.state, cfg=torch_pred.cfg, backend="onnx")
+                      processor=torch_pred.processor, state=torch_pred.state, cfg=torch_pred.cfg, backend="onnx")
     fp32 = Predictor(run=ner_run, task=torch_pred.task, model=OnnxModel(folder / "model.onnx"),
-                     tokenizer=torch_pred.tokenizer, state=torch_pred.state, cfg=torch_pred.cfg, backend="onnx")
+                     processor=torch_pred.processor, state=torch_pred.state, cfg=torch_pred.cfg, backend="onnx")
     task, state = torch_pred.task, torch_pred.state
     examples = torch_pred.examples(TEXTS)
-    features = task.encode(examples, torch_pred.tokenizer, state)
-    from runassist.inference import logits_for
+    features = task.encode(examples, torch_pred.processor, state)
+    from runassist.inference import outputs_for
 
-    low = logits_for(plain.model, features, lambda fs: task.collate(fs, torch_pred.tokenizer.pad_token_id))
+    low = outputs_for(task, plain.model, features, torch_pred.processor, state)
     margins = sorted(task.margins(features, low, state))
     cut = (margins[len(margins) // 2 - 1] + margins[len(margins) // 2]) / 2  # half the windows below
 
@@ -150,7 +151,7 @@ def test_guard_reruns_exactly_the_close_calls_in_fp32(ner_run):
 
 def test_guard_calibrates_on_dev_when_train_is_gone_and_needs_its_fp32_twin(ner_run, monkeypatch):
     from runassist.errors import DataError
-    from runassist.tasks.ner import NerTask
+    from runassist.tasks.ner import NerSection, NerTask
 
     real = NerTask.read
 
@@ -170,19 +171,19 @@ def test_guard_calibrates_on_dev_when_train_is_gone_and_needs_its_fp32_twin(ner_
 
 
 def test_task_margins_are_distances_to_a_flip():
-    from runassist.config import DataConfig, ModelConfig, TaskConfig
+    from runassist.config import DataConfig, ModelConfig
     from runassist.tasks.base import Feature, TaskState
-    from runassist.tasks.classify import ClassifyTask
-    from runassist.tasks.ner import NerTask
+    from runassist.tasks.classify import ClassifySection, ClassifyTask
+    from runassist.tasks.ner import NerSection, NerTask
 
-    ner = NerTask(TaskConfig(name="ner"), DataConfig(), ModelConfig(source="x"))
+    ner = NerTask(NerSection(), DataConfig(), ModelConfig(source="x"))
     feature = Feature(example=0, inputs={"input_ids": [0] * 4}, meta=[(0, 1, 0), (1, 3, 0)])
     empty = Feature(example=1, inputs={"input_ids": [0]}, meta=[])
     logits = np.array([[0.0, 9.0, 0.0], [2.0, 1.0, 0.0], [5.0, 5.0, 0.0], [0.5, 3.0, 2.0]])
     state = TaskState(labels=["O", "B-X", "I-X"])
     assert ner.margins([feature, empty], [logits, logits[:1]], state) == pytest.approx([1.0, float("inf")])  # row 3
 
-    single = ClassifyTask(TaskConfig(name="classify"), DataConfig(), ModelConfig(source="x"))
+    single = ClassifyTask(ClassifySection(), DataConfig(), ModelConfig(source="x"))
     one = Feature(example=0, inputs={"input_ids": [0]})
     assert single.margins([one], [np.array([0.2, 1.5, -3.0])], TaskState(labels=["a", "b", "c"])) == \
         pytest.approx([1.3])
@@ -190,7 +191,7 @@ def test_task_margins_are_distances_to_a_flip():
     windows = [Feature(example=0, inputs={"input_ids": [0]}), Feature(example=0, inputs={"input_ids": [0]})]
     assert single.margins(windows, [np.array([5.0, 0.0]), np.array([-4.98, 0.0])], TaskState(labels=["a", "b"])) \
         == pytest.approx([0.01, 0.01])
-    multi = ClassifyTask(TaskConfig(name="classify", multi_label=True), DataConfig(), ModelConfig(source="x"))
+    multi = ClassifyTask(ClassifySection(multi_label=True), DataConfig(), ModelConfig(source="x"))
     state = TaskState(labels=["a", "b"], extras={"thresholds": [0.5, 0.880797]})  # logits 0 and 2
     assert multi.margins([one], [np.array([-3.0, 2.25])], state) == pytest.approx([0.5], abs=1e-5)
 
@@ -212,8 +213,8 @@ def test_service_reports_the_guard(ner_run):
 
 
 def test_guard_reruns_nan_and_refuses_bad_thresholds(tmp_path):
-    from runassist.export import Guard
-    from runassist.inference import logits_for
+    from runassist.inference import outputs_for
+    from runassist.onnx_runtime import Guard
     from runassist.tasks.base import Feature
 
     class Fixed:  # logits [value, 0] for every input; NaN for input 0 if asked
@@ -232,13 +233,20 @@ def test_guard_reruns_nan_and_refuses_bad_thresholds(tmp_path):
                 out[input_ids[:, 0] == 0] = float("nan")
             return type("Out", (), {"logits": out})()
 
+    class Task:  # the contract's parts outputs_for uses
+        def collate(self, fs, processor):
+            return {"input_ids": torch.tensor([f.inputs["input_ids"] for f in fs])}
+
+        def infer(self, model, batch, fs):
+            return list(model(**batch).logits.numpy())
+
+        def margins(self, fs, xs, state):
+            return [float(x[0] - x[1]) if np.isfinite(x).all() else float("nan") for x in xs]
+
     features = [Feature(example=i, inputs={"input_ids": [i]}) for i in range(3)]
-    collate = lambda fs: {"input_ids": torch.tensor([f.inputs["input_ids"] for f in fs])}  # noqa: E731
     guard = Guard.__new__(Guard)
     guard.fallback, guard.threshold, guard.seen, guard.rechecked = Fixed(7.0), 0.5, 0, 0
-    out = logits_for(Fixed(1.0, nan=True), features, collate, guard=guard,
-                     margins=lambda fs, xs: [float(x[0] - x[1]) if np.isfinite(x).all() else float("nan")
-                                             for x in xs])
+    out = outputs_for(Task(), Fixed(1.0, nan=True), features, None, None, guard=guard)
     # the NaN answer is re-run (a NaN margin compares False with any threshold); the others kept
     assert guard.rechecked == 1 and out[0].tolist() == [7.0, 0.0] and out[1].tolist() == [1.0, 0.0]
     for bad in (float("nan"), float("inf"), -1.0):
@@ -246,15 +254,15 @@ def test_guard_reruns_nan_and_refuses_bad_thresholds(tmp_path):
             Guard(None, bad)
 
 def test_failed_parity_is_kept_apart(ner_run, monkeypatch):
-    import runassist.export as export_module
+    from runassist.tasks.ner import NerTask
 
-    real = export_module._agreement
+    real = NerTask.agreement
 
-    def poor(reference, other):  # as if the graph answered differently on most dev sentences
-        out = real(reference, other)
+    def poor(self, reference, other):  # as if the graph answered differently on most dev sentences
+        out = real(self, reference, other)
         return {**out, "agreement": 0.5}
 
-    monkeypatch.setattr(export_module, "_agreement", poor)
+    monkeypatch.setattr(NerTask, "agreement", poor)
     result = export(ner_run, quantize="int8", min_agreement=0.98)
     folder = ner_run / "onnx"
     assert result["passed"] is False and result["files"] == []
@@ -272,7 +280,7 @@ def test_failed_parity_is_kept_apart(ner_run, monkeypatch):
 
     outcome = CliRunner().invoke(app, ["export", str(ner_run), "--json"])
     assert outcome.exit_code == 1, outcome.output
-    monkeypatch.setattr(export_module, "_agreement", real)
+    monkeypatch.setattr(NerTask, "agreement", real)
     assert export(ner_run)["passed"] is True  # a passing export clears the rejected files
     assert not (folder / "rejected").exists()
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 from transformers import AutoTokenizer
 
-from runassist.config import DataConfig, ModelConfig, TaskConfig
+from runassist.config import DataConfig, ModelConfig
 from runassist.data.records import TokenExample
 from runassist.tasks.base import IGNORE_INDEX, TaskState
-from runassist.data.conll import spans_from_iob2
-from runassist.tasks.ner import NerTask, repair_iob2
+from runassist.data.tags import spans_from_iob2
+from runassist.tasks.ner import NerSection, NerTask, repair_iob2
 
 
 def _task(max_length=32, stride=8) -> NerTask:
-    return NerTask(TaskConfig(name="ner"), DataConfig(), ModelConfig(max_length=max_length, stride=stride))
+    return NerTask(NerSection(), DataConfig(), ModelConfig(max_length=max_length, stride=stride))
 
 
 def test_first_subtoken_carries_the_tag(tiny_model):
@@ -38,12 +38,12 @@ def test_long_document_gets_one_prediction_per_word(tiny_model):
     state = TaskState(labels=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])
     features = task.encode([ex], tokenizer, state)
     assert len(features) > 10
-    assert all(f.length <= 64 for f in features)
+    assert all(f.size <= 64 for f in features)
     # every word starts in at least one window; decoding picks one window per word
     starts = {word for f in features for word, _, _ in f.meta}
     assert starts == set(range(600))
     rng = np.random.default_rng(0)
-    logits = [rng.normal(size=(f.length, len(state.labels))) for f in features]
+    logits = [rng.normal(size=(f.size, len(state.labels))) for f in features]
     [pred] = task.decode([ex], features, logits, state)
     assert len(pred.tags) == 600 and len(pred.scores) == 600
 
@@ -57,7 +57,7 @@ def test_word_uses_the_window_with_most_context(tiny_model):
     # window k predicts B-LOC for everything; mark each feature by index in the logits
     logits = []
     for k, f in enumerate(features):
-        out = np.zeros((f.length, 3))
+        out = np.zeros((f.size, 3))
         out[:, 1 if k % 2 else 0] = 5.0
         logits.append(out)
     [pred] = task.decode([ex], features, logits, state)

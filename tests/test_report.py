@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 
 from conftest import make_ner_sentences, ner_overrides, write_conll
-from runassist import config
+from runassist.tasks import load_config
 from runassist.errors import RunassistError
-from runassist.report import read_conll_predictions, write_report
+from runassist.report import write_report
+from runassist.tasks.ner_report import read_conll_predictions
 from runassist.train.run import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -70,7 +71,7 @@ def ner_run(tiny_model, tmp_path_factory):
     base = tmp_path_factory.mktemp("report-ner")
     files = {split: write_conll(base / f"{split}.conll", make_ner_sentences(n, seed))
              for split, n, seed in (("train", 64, 0), ("dev", 16, 1), ("test", 16, 2))}
-    cfg = config.load(None, ner_overrides(files, tiny_model, base / "runs", max_steps=40, lr="1e-2", log_every=2,
+    cfg = load_config(None, ner_overrides(files, tiny_model, base / "runs", max_steps=40, lr="1e-2", log_every=2,
                                           eval_every=5, early_stopping="null"))
     return train(cfg, progress=False).run
 
@@ -214,7 +215,7 @@ def _write_csv(path, n, seed):
 def test_classification_report(tiny_model, tmp_path):
     files = {split: _write_csv(tmp_path / f"{split}.csv", n, seed)
              for split, n, seed in (("train", 48, 0), ("dev", 12, 1), ("test", 24, 2))}
-    cfg = config.load(None, ["task=classify", f"model.source={tiny_model}", "model.max_length=32", "model.stride=4",
+    cfg = load_config(None, ["task=classify", f"model.source={tiny_model}", "model.max_length=32", "model.stride=4",
                              f"data.train={files['train']}", f"data.dev={files['dev']}",
                              f"data.test={files['test']}", f"output.dir={tmp_path / 'runs'}", "train.batch_size=8",
                              "train.max_steps=12", "train.lr=3e-3", "train.threads=1", "train.precision=fp32",

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ner_overrides
-from runassist import config
+from runassist.tasks import load_config
 from runassist.errors import RunassistError
 from runassist.train import run as run_module
 from runassist.train.run import train
@@ -33,10 +33,10 @@ def _interrupt_eval_at(monkeypatch, step: int):
 @pytest.mark.parametrize("lora", [None, "{r: 4}"])
 def test_interrupt_during_evaluation_then_resume_matches(ner_files, tiny_model, tmp_path, monkeypatch, lora):
     extra = {"lora": lora} if lora else {}
-    straight = train(config.load(None, ner_overrides(ner_files, tiny_model, tmp_path / "a", **SETTINGS, **extra)),
+    straight = train(load_config(None, ner_overrides(ner_files, tiny_model, tmp_path / "a", **SETTINGS, **extra)),
                      progress=False)
     _interrupt_eval_at(monkeypatch, step=8)
-    cfg = config.load(None, ner_overrides(ner_files, tiny_model, tmp_path / "b", **SETTINGS, **extra))
+    cfg = load_config(None, ner_overrides(ner_files, tiny_model, tmp_path / "b", **SETTINGS, **extra))
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
     [run] = [p for p in (tmp_path / "b").iterdir() if (p / "config.yaml").exists()]
@@ -55,6 +55,6 @@ def test_interrupt_during_evaluation_then_resume_matches(ner_files, tiny_model, 
 
 
 def test_resuming_a_finished_run_is_refused(ner_files, tiny_model, tmp_path):
-    done = train(config.load(None, ner_overrides(ner_files, tiny_model, tmp_path, max_steps=2)), progress=False)
+    done = train(load_config(None, ner_overrides(ner_files, tiny_model, tmp_path, max_steps=2)), progress=False)
     with pytest.raises(RunassistError, match="already finished"):
         train(None, resume=done.run, progress=False)

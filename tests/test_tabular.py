@@ -9,7 +9,7 @@ import pytest
 from conftest import write_jsonl as _jsonl
 from conftest import write_text as _write
 from runassist.config import DataConfig
-from runassist.data.load import load_split, read_examples
+from conftest import read_examples
 from runassist.data.tabular import read_folder, read_lines, read_texts
 from runassist.errors import ConfigError, DataError
 
@@ -139,10 +139,13 @@ def test_read_examples_classify_errors(tmp_path):
     with pytest.raises(DataError, match="a plain text file has no labels"):
         read_examples(str(docs), task="classify", data=DataConfig())
     assert read_examples(str(docs), task="classify", data=DataConfig(), require_labels=False)[0].text == "one"
-    with pytest.raises(ConfigError, match="wnut16:dev' is ner data but the task is classify"):
+    with pytest.raises(DataError, match="wnut16:dev: is ner data but the task is classify"):
         read_examples("wnut16:dev", task="classify", data=DataConfig())
 
 
 def test_read_examples_alias():
-    split = load_split("rotten-tomatoes:dev", task="classify", data=DataConfig())
+    from runassist.config import ModelConfig
+    from runassist.tasks.classify import ClassifySection, ClassifyTask
+
+    split = ClassifyTask(ClassifySection(), DataConfig(), ModelConfig()).scan("rotten-tomatoes:dev")
     assert len(split.examples) == 1280 and split.problems == []

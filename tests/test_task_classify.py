@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -12,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from runassist.config import DataConfig, ModelConfig, TaskConfig
+from runassist.config import DataConfig, ModelConfig
 from runassist.data.records import TextExample
 from runassist.errors import DataError
 from runassist.tasks.base import Feature, TaskState, softmax
-from runassist.tasks.classify import ClassifyTask, LabelPrediction
+from runassist.tasks.classify import ClassifySection, ClassifyTask, LabelPrediction
 
 torch.set_num_threads(1)
 
@@ -67,8 +68,8 @@ def tokenizer(tiny_dir):
 
 
 def make_task(*, multi_label=False, max_length=16, stride=4, long_text="truncate", data=None) -> ClassifyTask:
-    return ClassifyTask(TaskConfig(name="classify", multi_label=multi_label), data or DataConfig(),
-                        ModelConfig(max_length=max_length, stride=stride, long_text=long_text))
+    return ClassifyTask(ClassifySection(multi_label=multi_label, long_text=long_text), data or DataConfig(),
+                        ModelConfig(max_length=max_length, stride=stride))
 
 
 def words(n: int) -> str:
@@ -100,7 +101,7 @@ def test_short_inputs_match_the_tokenizer(tokenizer):
     examples = [TextExample("the cat sat", ("pos",)), TextExample("good movie", ("neg",), text_pair="very bad !"),
                 TextExample("", ("neu",))]
     features = task.encode(examples, tokenizer, state)
-    assert len(features) == 3 and task.last_truncated == 0
+    assert len(features) == 3 and task.feature_stats(features)["examples_cut"] == 0
     for feature, ex in zip(features, examples):
         expected = tokenizer(ex.text, ex.text_pair)
         assert feature.inputs["input_ids"] == expected["input_ids"]
@@ -117,22 +118,21 @@ def test_truncate_keeps_the_head_and_counts(tokenizer):
                 TextExample(words(9), ("pos",))]
     features = task.encode(examples, tokenizer, TaskState(LABELS))
     assert len(features) == 4
-    assert task.last_truncated == 2  # 30 and 9 words do not fit in 10 - 2 specials; 8 just does
+    assert task.feature_stats(features)["examples_cut"] == 2  # 30 and 9 words do not fit in 10 - 2 specials; 8 does
     assert [f.meta["truncated"] for f in features] == [False, True, False, True]
-    assert all(f.length <= 10 for f in features)
+    assert all(f.size <= 10 for f in features)
     head = tokenizer(words(30), add_special_tokens=False)["input_ids"][:8]
     assert features[1].inputs["input_ids"] == [tokenizer.cls_token_id, *head, tokenizer.sep_token_id]
-    task.encode(examples[:1], tokenizer, TaskState(LABELS))
-    assert task.last_truncated == 0  # per call, not cumulative
+    assert task.feature_stats(task.encode(examples[:1], tokenizer, TaskState(LABELS)))["examples_cut"] == 0
 
 
 def test_truncate_pair_cuts_the_longer_text_first(tokenizer):
     task = make_task(max_length=12)
     features = task.encode([TextExample("good movie", ("pos",), text_pair=words(20)),
                             TextExample(words(20), ("pos",), text_pair=words(20))], tokenizer, TaskState(LABELS))
-    assert task.last_truncated == 2
+    assert task.feature_stats(features)["examples_cut"] == 2
     for feature in features:
-        assert feature.length == 12
+        assert feature.size == 12
     types = features[0].inputs["token_type_ids"]
     assert types.count(0) == 4 and types.count(1) == 8  # [CLS] good movie [SEP] + 7 words [SEP]
     assert features[1].inputs["token_type_ids"].count(0) == 1 + 4 + 1  # both cut: 4 + 5 of room 9, as HF does
@@ -153,7 +153,7 @@ def test_windows_cover_the_text_with_stride(tokenizer):
     task = make_task(max_length=10, stride=3, long_text="windows")
     text = words(20)
     features = task.encode([TextExample(words(2), ("neu",)), TextExample(text, ("pos",))], tokenizer, TaskState(LABELS))
-    assert task.last_truncated == 0
+    assert task.feature_stats(features)["examples_cut"] == 0
     assert [f.example for f in features].count(0) == 1
     windows = [f for f in features if f.example == 1]
     assert len(windows) == 4  # room 8, step 5: starts 0, 5, 10 and 12 (the last window ends at the end)
@@ -161,17 +161,17 @@ def test_windows_cover_the_text_with_stride(tokenizer):
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bodies = [w.inputs["input_ids"][1:-1] for w in windows]
     assert bodies == [ids[0:8], ids[5:13], ids[10:18], ids[12:20]]
-    assert all(w.target == 2 and w.length == 10 for w in windows)
+    assert all(w.target == 2 and w.size == 10 for w in windows)
 
 
 def test_windows_of_a_pair_repeat_the_shorter_text(tokenizer):
     task = make_task(max_length=12, stride=2, long_text="windows")
     features = task.encode([TextExample("good movie", ("pos",), text_pair=words(20))], tokenizer, TaskState(LABELS))
-    assert len(features) > 1 and task.last_truncated == 0
+    assert len(features) > 1 and task.feature_stats(features)["examples_cut"] == 0
     good_movie = tokenizer("good movie", add_special_tokens=False)["input_ids"]
     covered = []
     for f in features:
-        assert f.length <= 12
+        assert f.size <= 12
         assert f.inputs["input_ids"][1:3] == good_movie
         covered += [i for i, t in zip(f.inputs["input_ids"], f.inputs["token_type_ids"]) if t == 1][:-1]
     assert set(covered) == set(tokenizer(words(20), add_special_tokens=False)["input_ids"])
@@ -228,7 +228,7 @@ def test_collate_shapes_and_dtypes(tokenizer):
     single = make_task()
     features = single.encode([TextExample("good", ("pos",)), TextExample("the cat sat on a mat", ("neg",))],
                              tokenizer, TaskState(LABELS))
-    batch = single.collate(features, tokenizer.pad_token_id)
+    batch = single.collate(features, tokenizer)
     assert batch["input_ids"].shape == (2, 8) and batch["input_ids"].dtype == torch.long
     assert batch["token_type_ids"].shape == (2, 8)
     assert batch["attention_mask"].tolist()[0] == [1, 1, 1, 0, 0, 0, 0, 0]
@@ -237,32 +237,33 @@ def test_collate_shapes_and_dtypes(tokenizer):
 
     multi = make_task(multi_label=True)
     features = multi.encode([TextExample("good", ("neu", "pos")), TextExample("bad", ())], tokenizer, TaskState(LABELS))
-    batch = multi.collate(features, tokenizer.pad_token_id)
+    batch = multi.collate(features, tokenizer)
     assert batch["labels"].dtype == torch.float32
     assert batch["labels"].tolist() == [[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
 
     unlabelled = single.encode([TextExample("good")], tokenizer, TaskState(LABELS))
-    assert "labels" not in single.collate(unlabelled, tokenizer.pad_token_id)
+    assert "labels" not in single.collate(unlabelled, tokenizer)
 
 
 def test_loss_single_and_multi_in_float32():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]], dtype=torch.bfloat16, requires_grad=True)
+    outputs = SimpleNamespace(logits=logits)  # what the model's forward returns
     single = make_task()
     batch = {"labels": torch.tensor([0, 2])}
-    plain = single.loss(logits, batch, None)
+    plain = single.loss(outputs, batch, None)
     assert plain.dtype == torch.float32 and torch.isfinite(plain)
     expected = torch.nn.functional.cross_entropy(logits.detach().float(), batch["labels"])
     assert plain.item() == pytest.approx(expected.item())
-    weighted = single.loss(logits, batch, torch.tensor([1.0, 1.0, 3.0]))
+    weighted = single.loss(outputs, batch, torch.tensor([1.0, 1.0, 3.0]))
     assert torch.isfinite(weighted) and weighted.item() != pytest.approx(plain.item())
     weighted.backward()
     assert logits.grad is not None
 
     multi = make_task(multi_label=True)
     batch = {"labels": torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])}
-    bce = multi.loss(logits, batch, None)
+    bce = multi.loss(outputs, batch, None)
     assert bce.dtype == torch.float32 and torch.isfinite(bce)
-    with_pos = multi.loss(logits, batch, torch.tensor([2.0, 2.0, 2.0]))
+    with_pos = multi.loss(outputs, batch, torch.tensor([2.0, 2.0, 2.0]))
     assert torch.isfinite(with_pos) and with_pos.item() > bce.item()
 
 
@@ -311,12 +312,12 @@ def test_chinese_text_through_the_model(tiny_dir, tokenizer):
 
     model = task.build_model(tiny_dir, state).eval()
     assert model.config.problem_type == "single_label_classification"
-    batch = task.collate(features, tokenizer.pad_token_id)
+    batch = task.collate(features, tokenizer)
     labels = batch.pop("labels")
     with torch.no_grad():
         logits = model(**batch).logits
     assert logits.shape == (3, 3)
-    assert torch.isfinite(task.loss(logits, {"labels": labels}, None))
+    assert torch.isfinite(task.loss(SimpleNamespace(logits=logits), {"labels": labels}, None))
     preds = task.decode(examples, features, list(logits.numpy()), state)
     expected = softmax(logits[:2].double().mean(0).numpy())
     np.testing.assert_allclose(preds[0].probs, expected, rtol=1e-6)
@@ -331,9 +332,9 @@ def test_multi_label_model_trains_a_step(tiny_dir, tokenizer):
     assert model.config.problem_type == "multi_label_classification" and model.config.num_labels == 3
     features = task.encode([TextExample("good movie", ("pos",)), TextExample("bad", ("neg", "neu")),
                             TextExample("the cat", (), text_pair="sat on a mat")], tokenizer, state)
-    batch = task.collate(features, tokenizer.pad_token_id)
+    batch = task.collate(features, tokenizer)
     labels = batch.pop("labels")
-    loss = task.loss(model(**batch).logits, {"labels": labels}, None)
+    loss = task.loss(model(**batch), {"labels": labels}, None)
     loss.backward()
     assert torch.isfinite(loss)
     assert model.classifier.weight.grad is not None

@@ -9,12 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ner_overrides
-from runassist import config
+from runassist.tasks import load_config
 from runassist.train.run import train
 
 
 def _train(ner_files, tiny_model, tmp_path, **kw):
-    cfg = config.load(None, ner_overrides(ner_files, tiny_model, tmp_path / "runs", **kw))
+    cfg = load_config(None, ner_overrides(ner_files, tiny_model, tmp_path / "runs", **kw))
     return train(cfg, progress=False)
 
 
@@ -151,13 +151,13 @@ def test_errors_before_compute(ner_files, tiny_model, tmp_path):
     bad_dev.write_text("john\tB-ANIMAL\n", encoding="utf-8")
     files = {**ner_files, "dev": bad_dev}
     with pytest.raises(DataError, match="ANIMAL"):
-        train(config.load(None, ner_overrides(files, tiny_model, tmp_path / "runs")), progress=False)
+        train(load_config(None, ner_overrides(files, tiny_model, tmp_path / "runs")), progress=False)
     empty = tmp_path / "empty_model"
     empty.mkdir()
     (empty / "config.json").write_text("{}")
     with pytest.raises(RunassistError, match="no weights"):
-        train(config.load(None, ner_overrides(ner_files, empty, tmp_path / "runs")), progress=False)
+        train(load_config(None, ner_overrides(ner_files, empty, tmp_path / "runs")), progress=False)
     with pytest.raises(DataError, match="not found"):
-        train(config.load(None, ner_overrides({**ner_files, "train": tmp_path / "nope.conll"}, tiny_model,
+        train(load_config(None, ner_overrides({**ner_files, "train": tmp_path / "nope.conll"}, tiny_model,
                                               tmp_path / "runs")), progress=False)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -6,7 +6,8 @@ predictor without anyone mutating it behind the others' backs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -37,3 +38,25 @@ class TextExample:
     labels: tuple[str, ...] = ()
     text_pair: str | None = None
     source: str = ""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A data problem that reading repaired (a broken tag sequence), located at one line of one
+    file; check-data lists these as errors, training reads the repaired data."""
+
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}" if self.line is not None else f"{self.path}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split as read: its examples, and the problems repaired on the way."""
+
+    spec: str
+    examples: list[Any]
+    problems: list[Problem] = field(default_factory=list)

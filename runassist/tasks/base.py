@@ -1,112 +1,160 @@
-"""The Task protocol: everything the trainer, run folder, predictor and server know of a task.
+"""The task contract: everything the trainer, the run folder, the predictor, the exporter and the
+server know of a task.
 
-A new task (QA, relation extraction, seq2seq, images) is a new module implementing
-this protocol plus one line in ``tasks.TASKS``; nothing under ``train/``, ``predict.py``
-or ``serve/`` changes.
+A task turns examples into model inputs (``encode``), batches them (``collate``), runs the model
+(``forward``; ``infer`` at prediction time), scores a batch (``loss``) and turns per-feature
+outputs back into predictions about the examples (``decode``, ``score``, ``to_json``). Encoders
+with a label set, extractive QA with start/end logits, generators that call ``generate()``, and
+image or audio models all fit this shape: ``Feature.inputs`` may hold token ids or arrays of any
+dtype, the label set may be None, and what a model returns is the task's own business.
+
+``Task`` below is the core the trainer and predictor call. ``tasks.default.BaseTask`` implements
+the parts that are the same for most tasks and the edges (check-data, report, compare, agent
+tools, prediction files); a task subclasses it and writes what is its own. A new task is a
+module in ``runassist/tasks/`` plus one line in ``tasks.TASKS``, or a package that registers it
+under the ``runassist.tasks`` entry-point group.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, ClassVar, Protocol, Sequence
 
 import numpy as np
 import torch
+
+from runassist.config import DataConfig, ModelConfig, TaskSection
 
 IGNORE_INDEX = -100  # positions the loss and the metrics skip (continuation sub-tokens, specials, padding)
 
 
 @dataclass(frozen=True)
 class Feature:
-    """One model input window. An example may give several (long NER sentences, long texts).
+    """One model input. An example may give several (windows of a long sentence or document).
 
-    ``inputs`` holds the tokenizer outputs the model takes (input_ids, token_type_ids, ...),
-    unpadded. ``target`` is the training label: a list of label ids per token (NER), one id
-    (single-label), or a multi-hot list (multi-label); None for unlabelled input.
-    ``meta`` is what decoding needs to map outputs back to the example (word positions, ...).
+    ``inputs``: what ``collate`` batches, unpadded: lists of token ids, or numpy arrays of any
+    dtype (pixels, audio samples). ``target``: the training label in the task's own form, None
+    for unlabelled input. ``meta``: what decoding needs to map outputs back to the example.
+    ``size``: what the batcher sorts by and the throughput counts (tokens for text, samples for
+    audio); it defaults to the length of ``input_ids``.
     """
 
     example: int
-    inputs: dict[str, list[int]]
+    inputs: dict[str, Any]
     target: Any = None
     meta: Any = None
+    size: int = -1
 
-    @property
-    def length(self) -> int:
-        return len(self.inputs["input_ids"])
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            ids = self.inputs.get("input_ids")
+            if ids is None:
+                raise ValueError("Feature.size is required when inputs have no input_ids")
+            object.__setattr__(self, "size", len(ids))
 
 
 @dataclass
 class TaskState:
-    """What a trained task needs beyond the weights: its labels, and values fitted on dev
-    (multi-label thresholds). Saved as ``task.json`` beside the model."""
+    """What a trained task needs beyond the weights: its labels (None for tasks without a label
+    set, such as generation), and values fitted on dev (multi-label thresholds, a no-answer
+    threshold). Saved as ``task.json`` beside the model."""
 
-    labels: list[str]
+    labels: list[str] | None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a task's models can do beyond train and predict; the exporter, the int8 guard and the
+    server read these instead of a task's name."""
+
+    onnx: bool = True  # forward is a function of the batch tensors alone: torch.onnx.export can trace it
+    int8_guard: bool = True  # decision_rows/margins say how close a decision is to flipping (export.Guard)
+    streams: bool = False  # predictions come token by token (generation)
+
+
 class Task(Protocol):
-    name: str
-    headline: str  # the metric early stopping and `runs` use by default, e.g. "f1"
-    peft_task_type: str  # peft's TaskType for LoRA: TOKEN_CLS, SEQ_CLS, ...
+    """The core of the contract (see the module docstring)."""
 
-    def read(self, spec: str, *, require_labels: bool = True) -> list[Any]: ...
+    name: ClassVar[str]  # its value of task.name
+    Section: ClassVar[type[TaskSection]]  # its config section: task: {name: ..., its own keys}
+    headline: str  # the score early stopping, `runs` and the report lead with
+    capabilities: ClassVar[Capabilities]
+    peft_task_type: ClassVar[str | None]  # peft's TaskType for LoRA (TOKEN_CLS, SEQ_CLS, ...)
 
-    def label_set(self, examples: Sequence[Any]) -> list[str]: ...
+    def __init__(self, section: TaskSection, data: DataConfig, model: ModelConfig) -> None: ...
+
+    # -- data ------------------------------------------------------------------------------------
+    def read(self, spec: str, *, require_labels: bool = True) -> list[Any]:
+        """A split (a path or a packaged alias) as examples; errors name the file and line."""
+        ...
+
+    def label_set(self, examples: Sequence[Any]) -> list[str] | None:
+        """The labels a model trained on these examples predicts; None when there is no label set."""
+        ...
 
     def label_counts(self, examples: Sequence[Any]) -> dict[str, int]: ...
 
-    def encode(self, examples: Sequence[Any], tokenizer: Any, state: TaskState) -> list[Feature]: ...
-
-    def feature_stats(self, features: Sequence[Feature]) -> dict[str, int]:
-        """How the examples became model inputs (windows, cut texts), for summary.json."""
+    def example_from_input(self, item: Any) -> Any:
+        """One input of `predict`/the service (a text, a word list, an object) as an example;
+        ValueError says what was expected."""
         ...
 
-    def collate(self, features: Sequence[Feature], pad_id: int) -> dict[str, torch.Tensor]: ...
+    # -- model -----------------------------------------------------------------------------------
+    def load_processor(self, source: str) -> Any:
+        """The tokenizer, image processor or feature extractor of a model folder (or hub name)."""
+        ...
+
+    def encode(self, examples: Sequence[Any], processor: Any, state: TaskState) -> list[Feature]: ...
+
+    def collate(self, features: Sequence[Feature], processor: Any) -> dict[str, torch.Tensor]:
+        """A batch: padded inputs, and ``labels`` (or the task's targets) when every feature has one."""
+        ...
 
     def build_model(self, source: str, state: TaskState, *, dropout: float | None = None) -> torch.nn.Module: ...
 
-    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], weights: torch.Tensor | None) -> torch.Tensor: ...
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """The model's outputs for a batch (run under autocast by the caller)."""
+        ...
 
-    def decode(self, examples: Sequence[Any], features: Sequence[Feature], logits: Sequence[np.ndarray],
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor], weights: torch.Tensor | None) -> torch.Tensor:
+        """The training loss of a batch, from ``forward``'s outputs (outside autocast: float32)."""
+        ...
+
+    def infer(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], features: Sequence[Feature]) -> list[Any]:
+        """Per-feature outputs at prediction time, as numpy arrays (or what ``decode`` reads):
+        forward and slice, or ``generate()`` for a generative task."""
+        ...
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def decode(self, examples: Sequence[Any], features: Sequence[Feature], outputs: Sequence[Any],
                state: TaskState) -> list[Any]: ...
 
-    def fit(self, examples: Sequence[Any], features: Sequence[Feature], logits: Sequence[np.ndarray],
-            state: TaskState) -> dict[str, Any]: ...
-
-    def decision_rows(self, feature: Feature, logits: np.ndarray) -> np.ndarray:
-        """The rows of this feature's logits that ``decode`` reads, as ``[rows, labels]``."""
+    def fit(self, examples: Sequence[Any], features: Sequence[Feature], outputs: Sequence[Any],
+            state: TaskState) -> dict[str, Any]:
+        """Values tuned on dev (stored in ``state.extras`` before decoding); {} when none."""
         ...
 
-    def margins(self, features: Sequence[Feature], logits: Sequence[np.ndarray], state: TaskState) -> list[float]:
-        """Per feature: how far the decisions ``decode`` makes from it are from flipping, in logits
-        (a change of every logit by less than half of it cannot change them). Where decode combines
-        several features (a text's windows), each gets the margin of the combined decision. The
-        int8 guard (export.Guard) re-runs features below its threshold at full precision."""
+    def score(self, examples: Sequence[Any], predictions: Sequence[Any], state: TaskState) -> dict[str, Any]:
+        """Metrics; holds ``headline``. Numbers at the top level, tables below."""
         ...
-
-    def score(self, examples: Sequence[Any], predictions: Sequence[Any], state: TaskState) -> dict[str, Any]: ...
 
     def to_json(self, example: Any, prediction: Any) -> dict[str, Any]: ...
 
-    def write_predictions(self, stem: Path, examples: Sequence[Any], predictions: Sequence[Any]) -> Path:
-        """Write predictions beside gold (NER: `word gold pred` CoNLL) to stem + the task's extension."""
-        ...
 
-    def example_from_input(self, item: Any) -> Any: ...
-
+# -- helpers tasks share ------------------------------------------------------------------------
 
 def pad_inputs(features: Sequence[Feature], pad_id: int) -> dict[str, torch.Tensor]:
-    """Dynamic padding to the longest feature of the batch (not to max_length)."""
-    longest = max(f.length for f in features)
+    """Token-id inputs padded to the longest feature of the batch (not to max_length), plus the
+    attention mask."""
+    longest = max(f.size for f in features)
     batch: dict[str, torch.Tensor] = {}
     for key in features[0].inputs:
         fill = pad_id if key == "input_ids" else 0
-        rows = [f.inputs[key] + [fill] * (longest - len(f.inputs[key])) for f in features]
+        rows = [list(f.inputs[key]) + [fill] * (longest - len(f.inputs[key])) for f in features]
         batch[key] = torch.tensor(rows, dtype=torch.long)
     batch["attention_mask"] = torch.tensor(
-        [[1] * f.length + [0] * (longest - f.length) for f in features], dtype=torch.long
+        [[1] * f.size + [0] * (longest - f.size) for f in features], dtype=torch.long
     )
     return batch
 

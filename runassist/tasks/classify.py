@@ -1,9 +1,10 @@
 """Sequence classification of a text or a text pair: single-label (softmax + cross-entropy)
 or multi-label (sigmoid + BCE, per-label thresholds tuned on dev).
 
-Texts longer than ``model.max_length`` are either cut (``long_text: truncate``: the head is
+Texts longer than ``model.max_length`` are either cut (``task.long_text: truncate``: the head is
 kept, and the number of examples cut is reported) or split into overlapping windows
-(``long_text: windows``) whose logits are averaged per example, so every token is read.
+(``task.long_text: windows``, ``tasks.windows``) whose logits are averaged per example, so every
+token is read.
 
 Windows are built here from the tokenizer's own ids, not with the tokenizer's
 ``return_overflowing_tokens``: for a text pair that gives the cartesian product of both
@@ -15,20 +16,35 @@ tokenizer's template ([CLS] a [SEP] b [SEP], <s> a </s></s> b </s>, ...) works a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from runassist.config import DataConfig, ModelConfig, TaskConfig
-from runassist.data.records import TextExample
-from runassist.errors import DataError, RunassistError
-from runassist.tasks.base import Feature, TaskState, pad_inputs, softmax
+from runassist.config import TaskSection
+from runassist.data.checks import CheckReport, SplitStats, percentiles
+from runassist.data.records import Split, TextExample
+from runassist.errors import ConfigError, DataError, RunassistError
+from runassist.tasks.base import Capabilities, Feature, TaskState, pad_inputs, softmax
+from runassist.tasks.default import BaseTask
+from runassist.tasks.windows import window_starts
 
 DEFAULT_THRESHOLD = 0.5  # multi-label: until thresholds are tuned on dev
+IMBALANCE_WARN = 10.0  # most/least frequent label in train; past this, plain accuracy misleads
+_BATCH = 512  # texts per tokenizer call in check-data
+
+
+class ClassifySection(TaskSection):
+    name: Literal["classify"] = "classify"
+    multi_label: bool = Field(False, description="a text may carry several labels (sigmoid + thresholds tuned on dev)")
+    long_text: Literal["truncate", "windows"] = Field(
+        "truncate", description="texts past model.max_length: truncate (keep the head) | windows (average "
+                                "logits over windows)")
 
 
 @dataclass(frozen=True)
@@ -39,32 +55,51 @@ class LabelPrediction:
     classes: tuple[str, ...] = ()
 
 
-class ClassifyTask:
+class ClassifyTask(BaseTask):
     name = "classify"
+    Section = ClassifySection
+    capabilities = Capabilities(onnx=True, int8_guard=True)
     peft_task_type = "SEQ_CLS"
+    tool_name = "classify_text"
 
-    def __init__(self, task: TaskConfig, data: DataConfig, model: ModelConfig):
-        self.task_cfg, self.data_cfg, self.model_cfg = task, data, model
-        self.multi_label = task.multi_label
+    def __init__(self, section: ClassifySection, data: Any, model: Any):
+        super().__init__(section, data, model)
+        self.multi_label = section.multi_label
         self.headline = "micro_f1" if self.multi_label else "accuracy"
-        self.last_truncated = 0  # examples whose tokens were cut by the last encode() call
+        self.curve_extras = ("macro_f1",)
+
+    @classmethod
+    def init_defaults(cls) -> dict[str, Any]:
+        return {"task": {"name": cls.name}, "model": {"source": "minilm", "max_length": 64},
+                "data": {"train": "rotten-tomatoes:train", "dev": "rotten-tomatoes:dev",
+                         "test": "rotten-tomatoes:test"},
+                "train": {"epochs": 2, "lr": 1e-4, "batch_size": 32}}
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} (multi-label)" if self.multi_label else self.name
 
     # -- data ---------------------------------------------------------------
-    def read(self, spec: str, *, require_labels: bool = True) -> list[TextExample]:
-        from runassist.data.load import read_examples
+    def scan_file(self, path: Path, *, require_labels: bool = True) -> Split:
+        """CSV, TSV, JSONL, plain lines (.txt, unlabelled) or a ``<label>/<file>.txt`` folder."""
+        from runassist.data.tabular import read_texts, text_format
 
-        return read_examples(spec, task="classify", data=self.data_cfg, multi_label=self.multi_label,
-                             require_labels=require_labels)
+        d = self.data_cfg
+        fmt = d.format
+        if fmt == "conll":
+            raise ConfigError("data.format: conll is a token format; text classification reads csv, tsv or jsonl")
+        if fmt == "auto":
+            fmt = text_format(path)
+            if fmt is None:
+                raise DataError(path, None, f"cannot tell the format from '{path.suffix}'; set data.format "
+                                            "(csv, tsv or jsonl)")
+        examples = read_texts(path, text_column=d.text_column, label_column=d.label_column,
+                              text_pair_column=d.text_pair_column, label_separator=d.label_separator,
+                              multi_label=self.multi_label, fmt=fmt, require_labels=require_labels)
+        return Split(str(path), examples)
 
-    def label_set(self, examples: Sequence[TextExample]) -> list[str]:
-        return sorted({label for ex in examples for label in ex.labels})
-
-    def label_counts(self, examples: Sequence[TextExample]) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for ex in examples:
-            for label in ex.labels:
-                counts[label] = counts.get(label, 0) + 1
-        return dict(sorted(counts.items()))
+    def unlabelled(self, example: TextExample) -> TextExample:
+        return dataclasses.replace(example, labels=())
 
     def example_from_input(self, item: Any) -> TextExample:
         """A text, or a pair as ``{"text": ..., "text_pair": ...}``."""
@@ -81,6 +116,16 @@ class ClassifyTask:
             return TextExample(text=text, text_pair=pair)
         raise ValueError('each input must be a string or an object {"text": ..., "text_pair": ...}')
 
+    def input_columns(self) -> list[str]:
+        pair = self.data_cfg.text_pair_column
+        return [self.data_cfg.text_column] + ([pair] if pair else [])
+
+    def example_from_row(self, row: dict[str, str]) -> TextExample:
+        # A pair model must see both texts, as in training; a short row's missing cell reads as "".
+        pair = self.data_cfg.text_pair_column
+        text = row.get(self.data_cfg.text_column) or ""
+        return TextExample(text=text, text_pair=(row.get(pair) or "") if pair else None)
+
     # -- features -----------------------------------------------------------
     def encode(self, examples: Sequence[TextExample], tokenizer: Any, state: TaskState) -> list[Feature]:
         """One feature per example (``truncate``) or one per window (``windows``).
@@ -90,10 +135,11 @@ class ClassifyTask:
         the shorter text of a pair longer than half of max_length). A ``text_pair`` of ""
         is still a pair (``[CLS] a [SEP] [SEP]``); only None means one text.
         """
-        label2id = {label: i for i, label in enumerate(state.labels)}
-        targets = [self._target(ex, label2id, state.labels) for ex in examples]
+        labels = state.labels or []
+        label2id = {label: i for i, label in enumerate(labels)}
+        targets = [self._target(ex, label2id, labels) for ex in examples]
         max_length, stride = self.model_cfg.max_length, self.model_cfg.window_stride
-        windows = self.model_cfg.long_text == "windows"
+        windows = self.task_cfg.long_text == "windows"
         with_types = "token_type_ids" in tokenizer.model_input_names
         firsts = _ids(tokenizer, [ex.text for ex in examples])
         paired = [i for i, ex in enumerate(examples) if ex.text_pair is not None]
@@ -103,7 +149,6 @@ class ClassifyTask:
             layouts[True] = _Layout.probe(tokenizer, pair=True)
 
         features: list[Feature] = []
-        self.last_truncated = 0
         for index, ex in enumerate(examples):
             first, second = firsts[index], seconds.get(index)
             layout = layouts[second is not None]
@@ -112,7 +157,6 @@ class ClassifyTask:
                 parts, truncated = _windows(first, second, room, stride)
             else:
                 parts, truncated = _truncate(first, second, room)
-            self.last_truncated += truncated
             for window, (a, b) in enumerate(parts):
                 ids, types = layout.join(a, b)
                 inputs = {"input_ids": ids, "token_type_ids": types} if with_types else {"input_ids": ids}
@@ -140,14 +184,8 @@ class ClassifyTask:
                             "set task.multi_label: true for multi-label data")
         return label2id[ex.labels[0]]
 
-    def feature_stats(self, features: Sequence[Feature]) -> dict[str, int]:
-        examples = {f.example for f in features}
-        cut = {f.example for f in features if f.meta and f.meta.get("truncated")}
-        return {"examples": len(examples), "features": len(features), "examples_cut": len(cut),
-                "examples_windowed": len({f.example for f in features if f.meta and f.meta.get("windows", 1) > 1})}
-
-    def collate(self, features: Sequence[Feature], pad_id: int) -> dict[str, torch.Tensor]:
-        batch = pad_inputs(features, pad_id)
+    def collate(self, features: Sequence[Feature], tokenizer: Any) -> dict[str, torch.Tensor]:
+        batch = pad_inputs(features, tokenizer.pad_token_id)
         if all(f.target is not None for f in features):
             dtype = torch.float32 if self.multi_label else torch.long
             batch["labels"] = torch.tensor([f.target for f in features], dtype=dtype)
@@ -164,12 +202,12 @@ class ClassifyTask:
         return load_model(AutoModelForSequenceClassification, source, state.labels, dropout=dropout,
                           problem_type=problem)
 
-    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], weights: torch.Tensor | None) -> torch.Tensor:
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor], weights: torch.Tensor | None) -> torch.Tensor:
         """Cross-entropy (``weights``: one per class) or BCE (``weights``: pos_weight, one per label).
 
         In float32 whatever the logits' dtype: bf16 logits lose the small differences the loss is made of.
         """
-        logits = logits.float()
+        logits = outputs.logits.float()
         if weights is not None:
             weights = weights.to(device=logits.device, dtype=torch.float32)
         if self.multi_label:
@@ -178,9 +216,9 @@ class ClassifyTask:
 
     # -- outputs ------------------------------------------------------------
     def decode(self, examples: Sequence[TextExample], features: Sequence[Feature],
-               logits: Sequence[np.ndarray], state: TaskState) -> list[LabelPrediction]:
-        probs = self._probs(len(examples), features, logits)
-        classes = tuple(state.labels)  # one tuple shared by every prediction
+               outputs: Sequence[np.ndarray], state: TaskState) -> list[LabelPrediction]:
+        probs = self._probs(len(examples), features, outputs)
+        classes = tuple(state.labels or ())  # one tuple shared by every prediction
         predictions = []
         if self.multi_label:
             thresholds = _thresholds(state)
@@ -194,15 +232,15 @@ class ClassifyTask:
                                                    probs=tuple(float(p) for p in row), classes=classes))
         return predictions
 
-    def fit(self, examples: Sequence[TextExample], features: Sequence[Feature], logits: Sequence[np.ndarray],
+    def fit(self, examples: Sequence[TextExample], features: Sequence[Feature], outputs: Sequence[np.ndarray],
             state: TaskState) -> dict[str, Any]:
         """Multi-label: per-label thresholds that maximise each label's F1 on dev."""
         if not self.multi_label:
             return {}
         from runassist.metrics.classification import tune_thresholds
 
-        probs = self._probs(len(examples), features, logits)
-        index = {label: i for i, label in enumerate(state.labels)}
+        probs = self._probs(len(examples), features, outputs)
+        index = {label: i for i, label in enumerate(state.labels or ())}
         gold = np.zeros(probs.shape, dtype=np.int8)
         for row, ex in enumerate(examples):
             for label in ex.labels:
@@ -213,14 +251,14 @@ class ClassifyTask:
     def decision_rows(self, feature: Feature, logits: np.ndarray) -> np.ndarray:
         return np.asarray(logits).reshape(1, -1)
 
-    def margins(self, features: Sequence[Feature], logits: Sequence[np.ndarray], state: TaskState) -> list[float]:
+    def margins(self, features: Sequence[Feature], outputs: Sequence[np.ndarray], state: TaskState) -> list[float]:
         """Margin of each text's decision on its averaged window logits (what ``decode`` reads),
         given to each of its windows. Single-label: the gap between the top two logits.
         Multi-label: twice the smallest distance of a logit from its threshold's logit (one
         logit moving is enough to flip it)."""
         if not features:
             return []
-        mean = _mean_logits(max(f.example for f in features) + 1, features, logits)
+        mean = _mean_logits(max(f.example for f in features) + 1, features, outputs)
         if self.multi_label:
             t = np.clip(np.asarray(_thresholds(state)), 1e-6, 1 - 1e-6)
             per_text = 2 * np.abs(mean - np.log(t / (1 - t))).min(axis=1)
@@ -235,14 +273,14 @@ class ClassifyTask:
               state: TaskState) -> dict[str, Any]:
         from runassist.metrics.classification import score_multi, score_single
 
+        labels = state.labels or []
         if self.multi_label:
-            return score_multi([list(ex.labels) for ex in examples], [list(p.labels) for p in predictions],
-                               state.labels)
+            return score_multi([list(ex.labels) for ex in examples], [list(p.labels) for p in predictions], labels)
         for ex in examples:
             if len(ex.labels) != 1:
                 raise DataError(ex.source or "input", None,
                                 f"scoring needs exactly one gold label per example, found {len(ex.labels)}")
-        return score_single([ex.labels[0] for ex in examples], [p.labels[0] for p in predictions], state.labels)
+        return score_single([ex.labels[0] for ex in examples], [p.labels[0] for p in predictions], labels)
 
     def to_json(self, example: TextExample, prediction: LabelPrediction) -> dict[str, Any]:
         if len(prediction.classes) != len(prediction.probs):
@@ -255,19 +293,140 @@ class ClassifyTask:
         out["probs"] = {label: round(p, 4) for label, p in ranked}
         return out
 
-    def write_predictions(self, stem: Path, examples: Sequence[TextExample],
-                          predictions: Sequence[LabelPrediction]) -> Path:
-        """JSONL: the text, its gold labels and the prediction, one example a line."""
-        import json
+    def outcome(self, prediction: LabelPrediction) -> tuple[str, ...]:
+        return tuple(prediction.labels)
 
-        from runassist.runs import atomic_write
+    def gold_json(self, example: TextExample) -> dict[str, Any]:
+        """The text (and pair) and its gold labels, beside the prediction in eval/<split>.jsonl."""
+        pair = {"text_pair": example.text_pair} if example.text_pair is not None else {}
+        return {"text": example.text, **pair, "gold": list(example.labels)}
 
-        path = Path(f"{stem}.jsonl")
-        lines = [json.dumps({"text": ex.text, **({"text_pair": ex.text_pair} if ex.text_pair is not None else {}),
-                             "gold": list(ex.labels), **self.to_json(ex, p)}, ensure_ascii=False)
-                 for ex, p in zip(examples, predictions)]
-        atomic_write(path, "".join(line + "\n" for line in lines))
-        return path
+    # -- check-data -----------------------------------------------------------
+    def split_stats(self, spec: str, examples: Sequence[TextExample]) -> SplitStats:
+        stats = super().split_stats(spec, examples)
+        stats.words = sum(len(ex.text.split()) + len((ex.text_pair or "").split()) for ex in examples)
+        stats.length = percentiles([len(ex.text) + len(ex.text_pair or "") for ex in examples])
+        return stats
+
+    def overlap_key(self, example: TextExample) -> tuple[str, str | None]:
+        return (" ".join(example.text.split()), " ".join(example.text_pair.split()) if example.text_pair else None)
+
+    def check_labels(self, read: dict[str, list[Any]], report: CheckReport) -> None:
+        """Also: one label only (nothing to tell apart), and imbalance that makes accuracy mislead."""
+        super().check_labels(read, report)
+        if "train" not in read:
+            return
+        counts = self.label_counts(read["train"])
+        if len(counts) == 1:
+            report.errors.append(f"train: only one label ('{next(iter(counts))}'); a classifier needs two or more")
+        elif len(counts) >= 2:
+            ordered = sorted(counts.values())
+            ratio = ordered[-1] / ordered[0]
+            if ratio >= IMBALANCE_WARN:
+                rare = min(counts, key=lambda k: counts[k])
+                report.warnings.append(
+                    f"train: labels are imbalanced {ratio:.0f}:1 (rarest '{rare}', {counts[rare]} examples); "
+                    "consider train.class_weights: balanced and read per-label F1, not accuracy")
+
+    def check_processor(self, name: str, examples: Sequence[TextExample], tokenizer: Any, stats: SplitStats,
+                        report: CheckReport) -> None:
+        lengths, unk, total = [], 0, 0
+        for i in range(0, len(examples), _BATCH):
+            chunk = examples[i: i + _BATCH]
+            texts = [ex.text for ex in chunk]
+            pairs = [ex.text_pair or "" for ex in chunk] if any(ex.text_pair for ex in chunk) else None
+            enc = tokenizer(texts, pairs, truncation=False, verbose=False)
+            for ids in enc["input_ids"]:
+                lengths.append(len(ids))
+                unk += sum(1 for t in ids if t == tokenizer.unk_token_id)
+                total += len(ids)
+        stats.subtokens = percentiles(lengths)
+        stats.over_max_length = sum(1 for n in lengths if n > self.model_cfg.max_length)
+        stats.unk_share = unk / total if total else 0.0
+        if stats.over_max_length:
+            fate = ("cut at the end (task.long_text: windows reads them whole)" if self.task_cfg.long_text == "truncate"
+                    else "read as averaged windows")
+            report.warnings.append(
+                f"{name}: {stats.over_max_length} of {stats.examples} texts are longer than model.max_length="
+                f"{self.model_cfg.max_length} sub-tokens and will be {fate}")
+
+    # -- report ---------------------------------------------------------------
+    def report_charts(self, scores: dict[str, Any]):
+        from runassist import plots
+
+        confusion = scores.get("confusion")
+        if not isinstance(confusion, dict):
+            return {}
+        return {"confusion.png": lambda: plots.confusion_chart(confusion.get("labels") or [],
+                                                               confusion.get("matrix") or [])}
+
+    def report_errors(self, scores: dict[str, Any], predictions: Path | None, images: dict[str, bytes]) -> str:
+        from runassist.tasks.classify_report import errors_section
+
+        return errors_section(scores, predictions, images, multi_label=self.multi_label)
+
+    # -- compare --------------------------------------------------------------
+    def comparable(self, other: ClassifySection) -> list[str]:
+        if self.multi_label != other.multi_label:
+            kinds = {True: "multi-label", False: "single-label"}
+            raise RunassistError(f"cannot compare a {kinds[self.multi_label]} run with a {kinds[other.multi_label]} "
+                                 "run: their scores are different metrics")
+        return []
+
+    def compare(self, examples: Sequence[TextExample], out_a: Sequence[LabelPrediction],
+                out_b: Sequence[LabelPrediction], *, labels: list[str] | None, n: int, seed: int,
+                notes: list[str]) -> dict[str, Any]:
+        """Accuracy and macro-F1 (micro- and macro-F1 for multi-label), each with a paired bootstrap."""
+        from runassist.metrics.bootstrap import compare_classify
+        from runassist.metrics.classification import score_multi, score_single
+        from runassist.metrics.tables import numeric_scores, per_label_rows, share_equal
+
+        gold_labels = [label for ex in examples for label in ex.labels]
+        # One label list for both, so macro averages run over the same labels.
+        labels = list(dict.fromkeys([*(labels or []), *sorted(set(gold_labels))]))
+        if self.multi_label:
+            gold: list[Any] = [list(ex.labels) for ex in examples]
+            got_a: list[Any] = [list(p.labels) for p in out_a]
+            got_b: list[Any] = [list(p.labels) for p in out_b]
+            scores_a, scores_b = score_multi(gold, got_a, labels), score_multi(gold, got_b, labels)
+            metrics, headline = ("micro_f1", "macro_f1"), "micro_f1"
+        else:
+            for ex in examples:
+                if len(ex.labels) != 1:
+                    raise DataError(ex.source or "input", None,
+                                    f"comparing needs exactly one gold label per example, found {len(ex.labels)}")
+            gold = [ex.labels[0] for ex in examples]
+            got_a = [p.labels[0] for p in out_a]
+            got_b = [p.labels[0] for p in out_b]
+            scores_a, scores_b = score_single(gold, got_a, labels), score_single(gold, got_b, labels)
+            metrics, headline = ("accuracy", "macro_f1"), "accuracy"
+        body: dict[str, Any] = {
+            "headline": headline,
+            "overall": {m: compare_classify(gold, got_a, got_b, metric=m, labels=labels, n=n, seed=seed)
+                        for m in metrics},
+            "scores": {"a": numeric_scores(scores_a), "b": numeric_scores(scores_b)},
+            "per_label": per_label_rows(scores_a["per_class"], scores_b["per_class"]),
+            "agreement": share_equal([sorted(x) if self.multi_label else x for x in got_a],
+                                     [sorted(x) if self.multi_label else x for x in got_b]),
+        }
+        if not self.multi_label:
+            body["confusion"] = {"a": scores_a.get("confusion"), "b": scores_b.get("confusion")}
+        return body
+
+    # -- agent tools and the page -------------------------------------------------
+    def input_schema(self, max_chars: int) -> dict[str, Any]:
+        text = {"type": "string", "maxLength": max_chars}
+        return {"anyOf": [{**text, "description": "a text"},
+                          {"type": "object", "description": "a text pair (e.g. premise and hypothesis)",
+                           "properties": {"text": text, "text_pair": text},
+                           "required": ["text"], "additionalProperties": False}]}
+
+    def tool_description(self, labels: list[str] | None, about: str) -> str:
+        kind = ("Assign zero or more of these labels to each text" if self.multi_label
+                else "Classify each text as one of these labels")
+        return (f"{kind} {about}: {', '.join(labels or [])}. Returns one prediction per input, in order: "
+                "labels (the chosen ones)" + ("" if self.multi_label else ", label") +
+                " and probs (every label's probability, highest first).")
 
     # -- helpers ------------------------------------------------------------
     def _probs(self, n: int, features: Sequence[Feature], logits: Sequence[np.ndarray]) -> np.ndarray:
@@ -369,7 +528,7 @@ def _windows(a: list[int], b: list[int] | None, room: int, stride: int) -> tuple
     """Overlapping windows over a text; of a pair, over the longer text, with the shorter one
     (cut to half the room if it is long too) repeated in every window."""
     if b is None:
-        return [(a[s:s + room], None) for s in _starts(len(a), room, stride)], False
+        return [(a[s:s + room], None) for s in window_starts(len(a), room, stride)], False
     if len(a) + len(b) <= room:
         return [(a, b)], False
     long_is_b = len(b) >= len(a)
@@ -379,24 +538,16 @@ def _windows(a: list[int], b: list[int] | None, room: int, stride: int) -> tuple
     room_long = room - keep
     # The window room is smaller than for one text; a stride meant for the full room could
     # leave a step of one token (a window per token), so the overlap is capped at half the room.
-    pieces = [long[s:s + room_long] for s in _starts(len(long), room_long, min(stride, room_long // 2))]
+    pieces = [long[s:s + room_long] for s in window_starts(len(long), room_long, min(stride, room_long // 2))]
     return [(short, piece) if long_is_b else (piece, short) for piece in pieces], truncated
 
 
-def _starts(n: int, room: int, stride: int) -> list[int]:
-    """Window starts: steps of room - stride, the last window ending at the text's end (so
-    every window is full, and the last one has as much context as the others)."""
-    if n <= room:
-        return [0]
-    step = max(1, room - stride)
-    return list(range(0, n - room, step)) + [n - room]
-
-
 def _thresholds(state: TaskState) -> list[float]:
+    labels = state.labels or []
     values = state.extras.get("thresholds")
     if values is None:
-        return [DEFAULT_THRESHOLD] * len(state.labels)
-    if len(values) != len(state.labels):
-        raise RunassistError(f"task state has {len(values)} thresholds for {len(state.labels)} labels "
-                             f"({', '.join(state.labels)})")
+        return [DEFAULT_THRESHOLD] * len(labels)
+    if len(values) != len(labels):
+        raise RunassistError(f"task state has {len(values)} thresholds for {len(labels)} labels "
+                             f"({', '.join(labels)})")
     return [float(v) for v in values]

@@ -51,15 +51,18 @@ def load_tokenizer(source: str) -> Any:
     return tokenizer
 
 
-def load_model(auto_cls: Any, source: str, labels: list[str], *, dropout: float | None = None,
+def load_model(auto_cls: Any, source: str, labels: list[str] | None, *, dropout: float | None = None,
                **config_kwargs: Any) -> Any:
+    """``auto_cls.from_pretrained`` from safetensors, with the head sized for ``labels`` (None: the
+    model's own head, e.g. a language model's)."""
     from transformers import AutoConfig
 
     quiet_transformers()
     config = AutoConfig.from_pretrained(source)
-    config.num_labels = len(labels)
-    config.id2label = dict(enumerate(labels))
-    config.label2id = {label: i for i, label in enumerate(labels)}
+    if labels is not None:
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
     for key, value in config_kwargs.items():
         setattr(config, key, value)
     # ignore_mismatched_sizes: continuing from a run's model with a different label set

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from runassist.atomic import swap_folder, write_json
 from runassist import runs
 from runassist.tasks.base import TaskState
 from runassist.train import checkpoint
@@ -25,7 +26,7 @@ class TrainContext:
     model: torch.nn.Module  # possibly DDP-wrapped
     optimizer: Any
     scheduler: Any
-    tokenizer: Any
+    processor: Any  # tokenizer, image processor or feature extractor: saved beside the model
     task: Any
     state: TaskState
     metric: str
@@ -192,7 +193,7 @@ class Progress(Callback):
 
 
 def save_model_dir(ctx: TrainContext) -> Path:
-    """The kept model: loadable with `from_pretrained`, tokenizer and task.json beside it."""
+    """The kept model: loadable with `from_pretrained`, its processor and task.json beside it."""
     folder = ctx.run / "model"
     tmp = ctx.run / ".model.tmp"
     import shutil
@@ -202,14 +203,8 @@ def save_model_dir(ctx: TrainContext) -> Path:
     if hasattr(model, "merge_and_unload") and ctx.merge_lora:
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(tmp, safe_serialization=True)
-    ctx.tokenizer.save_pretrained(tmp)
-    runs.write_json(tmp / "task.json", {"task": ctx.task.name, "labels": ctx.state.labels, "extras": ctx.state.extras,
+    ctx.processor.save_pretrained(tmp)
+    write_json(tmp / "task.json", {"task": ctx.task.name, "labels": ctx.state.labels, "extras": ctx.state.extras,
                                         "adapter": hasattr(model, "peft_config")})
-    # Swap through .model.old so a kill at any moment leaves one complete model folder.
-    old = ctx.run / ".model.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_folder(tmp, folder)  # a kill at any moment leaves one complete model folder
     return folder

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from runassist.atomic import find_folder, swap_folder
 from runassist.train.loop import Position
 
 
@@ -51,22 +52,13 @@ def save(folder: Path, *, model: torch.nn.Module, optimizer, scheduler, position
     torch.save({k: rng[k] for k in ("torch", "cuda") if k in rng}, tmp / "rng.pt")
     payload = {"position": asdict(position), **state, "python_rng": rng["python"], "numpy_rng": rng["numpy"]}
     (tmp / "state.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    # Swap: last -> .old, tmp -> last, drop .old. A crash between the renames leaves either
-    # the old or the new checkpoint complete under one of the names; load() checks both.
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    # A crash between the renames leaves either the old or the new checkpoint complete
+    # under one of the names; find() checks both.
+    swap_folder(tmp, folder)
 
 
 def find(folder: Path) -> Path | None:
-    folder = Path(folder)
-    for candidate in (folder, folder.with_name(f".{folder.name}.old")):
-        if (candidate / "state.json").is_file():
-            return candidate
-    return None
+    return find_folder(folder, "state.json")
 
 
 def load(folder: Path, *, model: torch.nn.Module, optimizer, scheduler) -> tuple[Position, dict[str, Any]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -52,10 +52,12 @@ def plan(n_batches: int, *, grad_accum: int, epochs: float, max_steps: int | Non
 
 def train_steps(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, engine: Engine,
                 features: Sequence[Feature], collate: Callable[[Sequence[Feature]], dict],
-                loss_fn: Callable[[torch.Tensor, dict], torch.Tensor], batch_size: int, grad_accum: int,
-                grad_clip: float | None, seed: int, group_by_length: bool, total_steps: int,
-                start: Position = Position()) -> Iterator[StepInfo]:
-    lengths = [f.length for f in features]
+                forward: Callable[[torch.nn.Module, dict], Any], loss_fn: Callable[[Any, dict], torch.Tensor],
+                batch_size: int, grad_accum: int, grad_clip: float | None, seed: int, group_by_length: bool,
+                total_steps: int, start: Position = Position()) -> Iterator[StepInfo]:
+    """``forward(model, batch)`` runs under the engine's autocast; ``loss_fn(outputs, batch)`` outside
+    it, in float32 (the task's ``forward`` and ``loss``)."""
+    lengths = [f.size for f in features]
     autocast = engine.autocast()
     position = start
     model.train()
@@ -73,15 +75,15 @@ def train_steps(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sch
             for i, idx in enumerate(group):
                 batch = collate([features[j] for j in idx])
                 batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
-                labels = batch.pop("labels")
                 with engine.no_sync(model, skip=i < len(group) - 1):
                     with autocast():
-                        logits = model(**batch).logits
-                    loss = loss_fn(logits, {**batch, "labels": labels}) / len(group)
+                        outputs = forward(model, batch)
+                    loss = loss_fn(outputs, batch) / len(group)
                     engine.backward(loss)
                 total_loss += loss.detach()
-                tokens += sum(lengths[j] for j in idx)
-                padded += batch["input_ids"].numel()
+                sizes = [lengths[j] for j in idx]
+                tokens += sum(sizes)
+                padded += max(sizes) * len(sizes)  # what the batch holds with padding
             lr = optimizer.param_groups[0]["lr"]
             engine.step(optimizer, model, grad_clip)
             scheduler.step()

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from runassist.atomic import atomic_write, read_json, write_json
 from runassist import runs
 from runassist.cache import cached_encode
 from runassist.config import Config
@@ -58,14 +59,13 @@ def read_splits(task: Any, cfg: Config) -> Splits:
 def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> RunResult:
     from runassist import env
     from runassist.assets import resolve_model
-    from runassist.tasks.hf import check_model_folder, load_tokenizer
 
     if resume is not None:
         resume = runs.require(Path(resume), "config.yaml")
         found = checkpoint.find(resume / "checkpoints" / "last")
         if found is None:
             raise RunassistError(f"{resume}: no checkpoint to resume from (checkpoints/last is missing)")
-        status = runs.read_json(resume / "summary.json").get("status") if (resume / "summary.json").exists() else None
+        status = read_json(resume / "summary.json").get("status") if (resume / "summary.json").exists() else None
         if status == "finished":
             raise RunassistError(f"{resume}: the run already finished; nothing to resume (to train on, start a "
                                  f"new run with model.source={resume}/model)")
@@ -79,20 +79,20 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     task = make_task(cfg)
     splits = read_splits(task, cfg)
     source = resolve_model(cfg.model.source)
-    check_model_folder(source)
-    tokenizer = load_tokenizer(source)
+    task.check_source(source)
+    processor = task.load_processor(source)
     state = TaskState(labels=task.label_set(splits.train))
 
     engine = Engine(precision=tc.precision, bf16_fast_cpu=env.bf16_fast(facts))
     run = resume or _create_run(cfg, engine)
     if engine.is_main:
-        runs.write_json(run / "labels.json", {"task": task.name, "labels": state.labels})
-        runs.write_json(run / "summary.json", {"task": task.name, "model": cfg.model.source, "status": "running"})
+        write_json(run / "labels.json", {"task": task.name, "labels": state.labels})
+        write_json(run / "summary.json", {"task": task.name, "model": cfg.model.source, "status": "running"})
 
     # Tokenised once per (data, tokenizer, settings) and shared by every run under output.dir.
     cache_dir = Path(cfg.output.dir) / ".cache"
-    train_features = cached_encode(task, splits.train, tokenizer, state, cache_dir=cache_dir)
-    dev_features = cached_encode(task, splits.dev, tokenizer, state, cache_dir=cache_dir) if splits.dev else None
+    train_features = cached_encode(task, splits.train, processor, state, cache_dir=cache_dir)
+    dev_features = cached_encode(task, splits.dev, processor, state, cache_dir=cache_dir) if splits.dev else None
     if not train_features:
         raise DataError(cfg.data.train, None, "no training examples")
 
@@ -118,7 +118,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     es = tc.early_stopping
     metric = (es.metric if es and es.metric else task.headline)
     ctx = TrainContext(run=run, engine=engine, model=model, optimizer=optimizer, scheduler=scheduler,
-                       tokenizer=tokenizer, task=task, state=state, metric=metric,
+                       processor=processor, task=task, state=state, metric=metric,
                        mode=es.mode if es else "max", total_steps=schedule.total_steps,
                        merge_lora=tc.lora.merge if tc.lora else True, train_features=train_features)
     start = Position()
@@ -135,8 +135,8 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
                                                          min_delta=es.min_delta if es else 0.0),
                  BestModel(), Checkpoint(tc.checkpoint_every), bar]
     eval_every = tc.eval_every
-    loss_fn = lambda logits, batch: task.loss(logits, batch, weights)  # noqa: E731
-    collate = lambda fs: task.collate(fs, tokenizer.pad_token_id)  # noqa: E731
+    loss_fn = lambda outputs, batch: task.loss(outputs, batch, weights)  # noqa: E731
+    collate = lambda fs: task.collate(fs, processor)  # noqa: E731
 
     def evaluate(info: StepInfo) -> None:
         ctx.in_eval, ctx.eval_epoch = True, info.epoch_float
@@ -157,7 +157,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
             stopped = ctx.stop_reason or stopped
         tick = time.perf_counter()
         for info in ([] if ctx.stop_reason else train_steps(model=model, optimizer=optimizer, scheduler=scheduler, engine=engine,
-                                features=train_features, collate=collate, loss_fn=loss_fn,
+                                features=train_features, collate=collate, forward=task.forward, loss_fn=loss_fn,
                                 batch_size=tc.batch_size, grad_accum=tc.grad_accum, grad_clip=tc.grad_clip,
                                 seed=tc.seed, group_by_length=tc.group_by_length,
                                 total_steps=schedule.total_steps, start=start)):
@@ -201,7 +201,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
         ctx.bare.load_state_dict(ctx.best_state)
     test_scores = None
     if splits.test is not None:
-        predictions = predict_examples(task, ctx.bare, tokenizer, splits.test, state,
+        predictions = predict_examples(task, ctx.bare, processor, splits.test, state,
                                        autocast=engine.autocast())
         test_scores = task.score(splits.test, predictions, state)
         if engine.is_main:
@@ -225,7 +225,7 @@ def _create_run(cfg: Config, engine: Engine) -> Path:
 
 
 def _dev_scores(ctx: TrainContext, examples: list[Any], features: list[Any]) -> dict[str, Any]:
-    predictions = predict_examples(ctx.task, ctx.bare, ctx.tokenizer, examples, ctx.state, features=features,
+    predictions = predict_examples(ctx.task, ctx.bare, ctx.processor, examples, ctx.state, features=features,
                                    autocast=ctx.engine.autocast(), fit=True)
     scores = ctx.task.score(examples, predictions, ctx.state)
     if ctx.metric not in scores:
@@ -251,7 +251,7 @@ def _truncate_metrics(run: Path, step: int) -> None:
     import json
 
     rows = [r for r in runs.read_metrics(run) if r.get("step", 0) <= step]
-    runs.atomic_write(run / "metrics.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write(run / "metrics.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _headline(scores: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -294,5 +294,5 @@ def _write_summary(ctx: TrainContext, cfg: Config, *, status: str, stopped: str,
         "extras": ctx.state.extras,
     }
     if ctx.engine.is_main:
-        runs.write_json(ctx.run / "summary.json", summary)
+        write_json(ctx.run / "summary.json", summary)
     return summary

@@ -36,9 +36,15 @@ def apply_freeze(model: torch.nn.Module, freeze: str) -> list[str]:
     if freeze == "head_only":
         targets = [base]
     else:
-        embeddings = getattr(base, "embeddings", None) or getattr(base, "wte", None)
-        if embeddings is not None:
-            targets.append(embeddings)
+        # get_input_embeddings() names the token embeddings of every transformers model (BERT's
+        # embeddings.word_embeddings, GPT-2's wte, Llama's embed_tokens); BERT-style models keep
+        # position and type embeddings beside them in one `embeddings` module, frozen with them.
+        found = getattr(base, "embeddings", None)
+        if not isinstance(found, torch.nn.Module):
+            found = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        if found is None:
+            raise ConfigError(f"train.freeze: {freeze} but {type(model).__name__} has no input embeddings to freeze")
+        targets.append(found)
         if freeze.startswith("bottom:"):
             n = int(freeze.split(":")[1])
             layers = layer_list(model)
@@ -92,9 +98,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
-def class_weights(setting, labels: Sequence[str], counts: dict[str, int]) -> torch.Tensor | None:
+def class_weights(setting, labels: Sequence[str] | None, counts: dict[str, int]) -> torch.Tensor | None:
     if setting == "none":
         return None
+    if labels is None:
+        raise ConfigError("train.class_weights: this task has no label set to weigh; leave it at none")
     if setting == "balanced":
         total = sum(counts.get(label, 0) for label in labels)
         # n / (k * count): the sklearn "balanced" rule; a label never seen gets weight 1.

@@ -1,0 +1,254 @@
+"""``BaseTask``: what most tasks do the same way, so that a task module holds only what is its own.
+
+The core of the contract is ``tasks.base.Task``. Here are its common implementations (reading a
+split from a path or a packaged alias, a Hugging Face tokenizer as the processor, ``forward`` as
+``model(**inputs)``, ``infer`` as forward-and-slice) and the **edges**: the hooks through which
+check-data, the report, run comparison, prediction files, the exporter and the agent tools ask a
+task about its data and outputs, instead of branching on its name. Every hook has a default that
+is right for a task with a label set and JSON predictions; override what differs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Hashable, Sequence
+
+import torch
+
+from runassist import assets
+from runassist.atomic import atomic_write
+from runassist.config import DataConfig, ModelConfig, TaskSection
+from runassist.data.checks import CheckReport, SplitStats, label_sources
+from runassist.data.records import Split
+from runassist.errors import DataError
+from runassist.tasks.base import Capabilities, Feature, TaskState
+
+
+class BaseTask:
+    name: ClassVar[str]
+    Section: ClassVar[type[TaskSection]]
+    headline: str = "accuracy"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    peft_task_type: ClassVar[str | None] = None
+    target_keys: ClassVar[tuple[str, ...]] = ("labels",)  # batch keys forward() keeps from the model
+    label_word: ClassVar[str] = "label"  # what check-data calls one of label_units' items
+    scoring_modes: ClassVar[tuple[str, ...]] = ()  # `evaluate --mode` choices, set as the section's `scoring`
+    prediction_suffix: ClassVar[str] = ".jsonl"  # eval/<split><suffix>: predictions beside gold
+    output_formats: ClassVar[tuple[str, ...]] = ("jsonl", "csv")  # `predict --format` choices
+    curve_extras: ClassVar[tuple[str, ...]] = ()  # dev scores the report draws beside the headline
+    # ONNX outputs: name -> its dynamic axes by position ("batch", "sequence" or None for a fixed one)
+    onnx_outputs: ClassVar[dict[str, tuple[str | None, ...]]] = {"logits": ("batch", None)}
+    tool_name: ClassVar[str] = "predict"
+
+    def __init__(self, section: TaskSection, data: DataConfig, model: ModelConfig):
+        self.task_cfg, self.data_cfg, self.model_cfg = section, data, model
+
+    @classmethod
+    def init_defaults(cls) -> dict[str, Any]:
+        """The starting config `runassist init NAME` writes (sections as dicts; the rest defaults)."""
+        return {"task": {"name": cls.name}}
+
+    @property
+    def title(self) -> str:
+        """The task as the report and `runs` name it."""
+        return self.name
+
+    # -- reading ---------------------------------------------------------------------------------
+    def scan(self, spec: str, *, require_labels: bool = True) -> Split:
+        """A split as read, with the problems repaired on the way (for check-data): a packaged
+        alias (``wnut16:dev``) or a path, read by ``scan_file``."""
+        if assets.is_alias(spec):
+            kind = assets.alias_task(spec)
+            if kind != self.name:
+                raise DataError(spec, None, f"is {kind} data but the task is {self.name}")
+            split = Split(spec, assets.read_alias(spec))  # packaged data: checked by the tests to be clean
+        else:
+            path = assets.existing_path(spec)
+            split = self.scan_file(path, require_labels=require_labels)
+            split = Split(spec, split.examples, split.problems)
+        if not split.examples:
+            raise DataError(spec, None, "no examples")
+        return split
+
+    def scan_file(self, path: Path, *, require_labels: bool = True) -> Split:
+        raise NotImplementedError(f"task {self.name}: scan_file")
+
+    def read(self, spec: str, *, require_labels: bool = True) -> list[Any]:
+        return self.scan(spec, require_labels=require_labels).examples
+
+    def label_units(self, example: Any) -> Sequence[str]:
+        """The labels an example carries, as check-data and compare count them."""
+        return tuple(getattr(example, "labels", ()) or ())
+
+    def label_counts(self, examples: Sequence[Any]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for ex in examples:
+            for label in self.label_units(ex):
+                counts[label] = counts.get(label, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def label_set(self, examples: Sequence[Any]) -> list[str] | None:
+        return sorted(self.label_counts(examples))
+
+    def unlabelled(self, example: Any) -> Any:
+        """The example without its gold labels (compare predicts without them)."""
+        raise NotImplementedError(f"task {self.name}: unlabelled")
+
+    def input_columns(self) -> list[str]:
+        """Columns a CSV/TSV given to `predict` must have."""
+        return [self.data_cfg.text_column]
+
+    def example_from_row(self, row: dict[str, str]) -> Any:
+        """One CSV/TSV row given to `predict` (a missing cell of a short row reads as "")."""
+        return self.example_from_input(row.get(self.data_cfg.text_column) or "")
+
+    # -- model -----------------------------------------------------------------------------------
+    def check_source(self, source: str) -> None:
+        """Say what is wrong with ``model.source`` before any compute is spent."""
+        from runassist.tasks.hf import check_model_folder
+
+        check_model_folder(source)
+
+    def load_processor(self, source: str) -> Any:
+        from runassist.tasks.hf import load_tokenizer
+
+        return load_tokenizer(source)
+
+    def feature_stats(self, features: Sequence[Feature]) -> dict[str, int]:
+        """How the examples became model inputs, for summary.json: windows, cut examples."""
+        per_example: dict[int, int] = {}
+        cut: set[int] = set()
+        for f in features:
+            per_example[f.example] = per_example.get(f.example, 0) + 1
+            if isinstance(f.meta, dict) and f.meta.get("truncated"):
+                cut.add(f.example)
+        return {"examples": len(per_example), "features": len(features), "examples_cut": len(cut),
+                "examples_windowed": sum(1 for n in per_example.values() if n > 1)}
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        return model(**{k: v for k, v in batch.items() if k not in self.target_keys})
+
+    def infer(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], features: Sequence[Feature]) -> list[Any]:
+        """Forward, then each feature's logits without padding (``[tokens, labels]`` for a
+        per-token output, ``[labels]`` otherwise)."""
+        logits = self.forward(model, batch).logits.float().cpu().numpy()
+        return [logits[row, :f.size] if logits.ndim == 3 else logits[row] for row, f in enumerate(features)]
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def fit(self, examples: Sequence[Any], features: Sequence[Feature], outputs: Sequence[Any],
+            state: TaskState) -> dict[str, Any]:
+        return {}
+
+    def outcome(self, prediction: Any) -> Hashable:
+        """What a prediction decides, without its scores: the exporter's parity check compares these."""
+        labels = getattr(prediction, "labels", None)
+        return tuple(labels) if labels is not None else json.dumps(prediction, sort_keys=True, default=str)
+
+    def agreement(self, reference: Sequence[Any], other: Sequence[Any]) -> dict[str, Any]:
+        """How often two backends decide the same (examples with identical outcomes)."""
+        if not reference:
+            return {"agreement": 1.0, "identical": 0, "examples": 0}
+        identical = sum(self.outcome(a) == self.outcome(b) for a, b in zip(reference, other))
+        return {"agreement": round(identical / len(reference), 6), "identical": identical,
+                "examples": len(reference)}
+
+    def gold_json(self, example: Any) -> dict[str, Any]:
+        """The example and its gold answer, as written beside the prediction in eval/."""
+        return {"input": str(example)}
+
+    def write_predictions(self, stem: Path, examples: Sequence[Any], predictions: Sequence[Any]) -> Path:
+        """eval/<split>.jsonl: each example, its gold answer and the prediction, a line each."""
+        path = Path(f"{stem}{self.prediction_suffix}")
+        lines = [json.dumps({**self.gold_json(ex), **self.to_json(ex, p)}, ensure_ascii=False)
+                 for ex, p in zip(examples, predictions)]
+        atomic_write(path, "".join(line + "\n" for line in lines))
+        return path
+
+    def format_output(self, fmt: str, examples: Sequence[Any], predictions: Sequence[Any]) -> str:
+        """Prediction files in the task's own formats (``output_formats`` beyond jsonl and csv)."""
+        raise ValueError(f"--format {fmt!r}: a {self.name} run writes {', '.join(self.output_formats)}")
+
+    def export_probe(self) -> list[Any]:
+        """Two inputs of different sizes to trace the ONNX graph with (so its batch holds padding)."""
+        return [self.example_from_input("runassist exports this model to onnx ."),
+                self.example_from_input("a short one")]
+
+    # -- check-data ------------------------------------------------------------------------------
+    def split_stats(self, spec: str, examples: Sequence[Any]) -> SplitStats:
+        """What one split holds: examples, words, label counts, length percentiles."""
+        return SplitStats(spec, examples=len(examples),
+                          labels={k: v[0] for k, v in sorted(label_sources(examples, self.label_units).items())})
+
+    def overlap_key(self, example: Any) -> Hashable:
+        """Examples with equal keys count as the same example across splits."""
+        return self.gold_json(self.unlabelled(example))["input"]
+
+    def check_labels(self, read: dict[str, list[Any]], report: CheckReport) -> None:
+        """Labels of dev/test never seen in train; train without any label."""
+        if "train" not in read:
+            return
+        train = label_sources(read["train"], self.label_units)
+        if not train:
+            report.errors.append(f"train: no {self.label_word}s at all; the model would have nothing to learn")
+        for name in ("dev", "test"):
+            for label, (count, source) in label_sources(read.get(name, []), self.label_units).items():
+                if label not in train:
+                    report.errors.append(f"{source}: {self.label_word} '{label}' ({count} in {name}) "
+                                         "never appears in train")
+
+    def check_processor(self, name: str, examples: Sequence[Any], processor: Any, stats: SplitStats,
+                        report: CheckReport) -> None:
+        """Checks that need the model's processor (lengths in sub-tokens, unknown tokens); they fill
+        ``stats`` and add warnings."""
+
+    # -- report ----------------------------------------------------------------------------------
+    def report_charts(self, scores: dict[str, Any]) -> dict[str, Callable[[], bytes | None]]:
+        """Extra PNGs for the report (name -> drawing function), beside the curves and per-label F1."""
+        return {}
+
+    def report_errors(self, scores: dict[str, Any], predictions: Path | None, images: dict[str, bytes]) -> str:
+        """The report's Errors section body (HTML, escaped): what the model got wrong."""
+        return ""
+
+    # -- compare ---------------------------------------------------------------------------------
+    def label_names(self, labels: Sequence[str] | None) -> set[str]:
+        """What a run with these labels can predict, as comparisons name it."""
+        return set(labels or ())
+
+    def comparable(self, other: TaskSection) -> list[str]:
+        """Notes on comparing a run of this section with a run of ``other`` (same task); raise
+        RunassistError when their scores are different metrics."""
+        return []
+
+    def compare(self, examples: Sequence[Any], out_a: Sequence[Any], out_b: Sequence[Any], *,
+                labels: list[str] | None, n: int, seed: int, notes: list[str]) -> dict[str, Any]:
+        """Scores of two runs' predictions on the same examples, with a paired bootstrap of the
+        headline over examples (``compare.verdict`` words it). ``labels``: both runs' labels."""
+        from runassist.metrics.bootstrap import paired_bootstrap
+        from runassist.metrics.tables import numeric_scores, per_label_rows
+
+        state = TaskState(labels=labels)
+        scores_a, scores_b = self.score(examples, out_a, state), self.score(examples, out_b, state)
+
+        def headline(gold: list, pred: list) -> float:
+            return float(self.score(gold, pred, state)[self.headline])
+
+        boot = paired_bootstrap(headline, examples, out_a, out_b, n=n, seed=seed)
+        return {"headline": self.headline, "overall": {self.headline: boot},
+                "scores": {"a": numeric_scores(scores_a), "b": numeric_scores(scores_b)},
+                "per_label": per_label_rows(scores_a.get("per_class") or {}, scores_b.get("per_class") or {}),
+                "agreement": self.agreement(out_a, out_b)["agreement"]}
+
+    # -- agent tools and the page ------------------------------------------------------------------
+    def input_schema(self, max_chars: int) -> dict[str, Any]:
+        """JSON schema of one input of the tool (`GET /v1/tools`, MCP) and of `POST /v1/predict`."""
+        return {"type": "string", "maxLength": max_chars, "description": "a text"}
+
+    def tool_description(self, labels: list[str] | None, about: str) -> str:
+        return f"Run the {self.name} model {about} on texts." + (f" Labels: {', '.join(labels)}." if labels else "")
+
+    def labels_summary(self, labels: list[str] | None) -> str:
+        """One line about the labels, for the page."""
+        return f"labels: {', '.join(labels)}" if labels else ""
+
