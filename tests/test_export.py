@@ -206,8 +206,8 @@ def test_service_reports_the_guard(ner_run):
     with TestClient(create_app(predictor, settings=ServeSettings(max_wait_ms=1))) as client:
         assert client.post("/v1/predict", json={"inputs": TEXTS}).status_code == 200
         text = client.get("/metrics").text
-    seen = int(re.search(r"^runassist_int8_windows_total (\d+)$", text, re.M).group(1))
-    rechecked = int(re.search(r"^runassist_int8_rechecked_total (\d+)$", text, re.M).group(1))
+    seen = float(re.search(r"^runassist_int8_windows_total (\S+)$", text, re.M).group(1))
+    rechecked = float(re.search(r"^runassist_int8_rechecked_total (\S+)$", text, re.M).group(1))
     assert "# TYPE runassist_int8_rechecked_total counter" in text
     assert seen == predictor.guard.seen > len(TEXTS) and rechecked == predictor.guard.rechecked <= seen
 

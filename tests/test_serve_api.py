@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from runassist.errors import RunassistError
 from runassist.serve import ServeSettings, create_app
@@ -157,19 +158,14 @@ def test_api_key_on_every_route_but_health_and_page(predictor):
 
 # -- metrics ------------------------------------------------------------------
 
-_SAMPLE = re.compile(r'^([a-z_]+)(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? (\S+)$')
+def _samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of an exposition, parsed by prometheus_client's own parser (which fails on bad text)."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def _parse(text: str) -> dict[str, float]:
-    samples = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            assert re.match(r"^# (HELP|TYPE) [a-z_]+ ", line), line
-            continue
-        match = _SAMPLE.match(line)
-        assert match, f"not Prometheus text: {line!r}"
-        samples[line.rsplit(" ", 1)[0]] = float(match.group(4))
-    return samples
+def _value(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
 
 
 def test_metrics_count_routes_latency_batches_and_errors(predictor):
@@ -181,19 +177,44 @@ def test_metrics_count_routes_latency_batches_and_errors(predictor):
         c.get("/health")
         response = c.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    s = _parse(response.text)
-    assert s['runassist_requests_total{route="/v1/predict",method="POST",status="200"}'] == 3
-    assert s['runassist_requests_total{route="/v1/predict",method="POST",status="400"}'] == 1
-    assert s['runassist_requests_total{route="/v1/predict",method="POST",status="422"}'] == 1
-    assert s['runassist_requests_total{route="/health",method="GET",status="200"}'] == 1
-    assert s['runassist_errors_total{kind="bad_json"}'] == 1 and s['runassist_errors_total{kind="invalid_input"}'] == 1
-    assert s['runassist_request_duration_seconds_count{route="/v1/predict"}'] == 5
-    assert s['runassist_request_duration_seconds_bucket{route="/v1/predict",le="+Inf"}'] == 5
-    assert s["runassist_inputs_total"] == 6
-    assert s["runassist_batch_size_count"] == 3 and s['runassist_batch_size_bucket{le="2"}'] == 3
-    assert s["runassist_queued_inputs"] == 0
-    buckets = [v for k, v in s.items() if k.startswith('runassist_request_duration_seconds_bucket{route="/v1/predict"')]
-    assert buckets == sorted(buckets)  # cumulative
+    s = _samples(response.text)
+    predict = {"route": "/v1/predict", "method": "POST"}
+    assert _value(s, "runassist_requests_total", **predict, status="200") == 3
+    assert _value(s, "runassist_requests_total", **predict, status="400") == 1
+    assert _value(s, "runassist_requests_total", **predict, status="422") == 1
+    assert _value(s, "runassist_requests_total", route="/health", method="GET", status="200") == 1
+    assert _value(s, "runassist_errors_total", kind="bad_json") == 1
+    assert _value(s, "runassist_errors_total", kind="invalid_input") == 1
+    assert _value(s, "runassist_request_duration_seconds_count", route="/v1/predict") == 5
+    assert _value(s, "runassist_request_duration_seconds_bucket", route="/v1/predict", le="+Inf") == 5
+    assert _value(s, "runassist_inputs_total") == 6
+    assert _value(s, "runassist_batch_size_count") == 3 and _value(s, "runassist_batch_size_bucket", le="2.0") == 3
+    assert _value(s, "runassist_queued_inputs") == 0 and _value(s, "runassist_predict_in_flight") == 0
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert families["runassist_requests"].type == "counter"
+    assert families["runassist_request_duration_seconds"].type == "histogram"
+    assert families["runassist_queued_inputs"].documentation == "Inputs waiting for the model."
+    buckets = [(float(sample.labels["le"]), sample.value) for sample in
+               families["runassist_request_duration_seconds"].samples
+               if sample.name.endswith("_bucket") and sample.labels["route"] == "/v1/predict"]
+    assert [le for le, _ in buckets] == [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                                         float("inf")]
+    assert [n for _, n in buckets] == sorted(n for _, n in buckets)  # cumulative
+
+
+def test_two_apps_in_one_process_count_apart(predictor):
+    # each app has its own registry: no clash on names, no shared counts
+    with TestClient(create_app(predictor)) as one, TestClient(create_app(predictor)) as two:
+        for _ in range(3):
+            assert one.post("/v1/predict", json={"inputs": ["john went"]}).status_code == 200
+        assert two.post("/v1/predict", json={"inputs": ["to paris", "mary"]}).status_code == 200
+        two.post("/v1/predict", content=b"{oops")
+        first, second = _samples(one.get("/metrics").text), _samples(two.get("/metrics").text)
+    ok = {"route": "/v1/predict", "method": "POST", "status": "200"}
+    assert _value(first, "runassist_requests_total", **ok) == 3 and _value(first, "runassist_inputs_total") == 3
+    assert _value(second, "runassist_requests_total", **ok) == 1 and _value(second, "runassist_inputs_total") == 2
+    assert _value(second, "runassist_errors_total", kind="bad_json") == 1
+    assert ("runassist_errors_total", frozenset({"kind": "bad_json"}.items())) not in first
 
 
 # -- batching, isolation, draining (stub predictor: fast, and counts its calls) ------------------

@@ -1,4 +1,5 @@
-"""The real `runassist serve` process: concurrent clients get what `runassist predict` writes, SIGTERM exits cleanly."""
+"""The real `runassist serve` process: concurrent clients get what `runassist predict` writes, SIGTERM exits cleanly,
+and with --workers N /metrics adds up every worker's numbers."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 
 from serve_fixtures import RUNASSIST, free_port, subprocess_env, tiny_run  # noqa: F401  (tiny_run is a fixture)
 
 pytestmark = pytest.mark.slow
+
+PREDICT_OK = ("runassist_requests_total",
+              frozenset({"route": "/v1/predict", "method": "POST", "status": "200"}.items()))
 
 
 def _same(a, b, path="") -> None:
@@ -30,6 +37,11 @@ def _same(a, b, path="") -> None:
             _same(x, y, f"{path}[{i}]")
     else:
         assert a == b, path
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset], float]:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str, log) -> None:
@@ -84,15 +96,13 @@ def test_served_answers_equal_predict_and_sigterm_exits_cleanly(tiny_run, tmp_pa
         _same(whole.json()["predictions"], expected)
         assert any(p["entities"] for p in expected)
 
-        metrics = httpx.get(f"{url}/metrics").text
-        assert f'runassist_requests_total{{route="/v1/predict",method="POST",status="200"}} {len(inputs) + 1}' \
-            in metrics
+        assert _samples(httpx.get(f"{url}/metrics").text)[PREDICT_OK] == len(inputs) + 1
 
         # SIGTERM while a slow request is being answered: it still gets its full answer
         slow = {"inputs": [" ".join(["john smith visited london"] * 200)] * 16}  # ~1,000 windows of 32 tokens
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(httpx.post, f"{url}/v1/predict", json=slow, timeout=120)
-            while not pending.done() and "runassist_predict_in_flight 1" not in httpx.get(f"{url}/metrics").text:
+            while not pending.done() and "\nrunassist_predict_in_flight 1.0\n" not in httpx.get(f"{url}/metrics").text:
                 time.sleep(0.005)
             in_flight = not pending.done()
             server.send_signal(signal.SIGTERM)
@@ -111,3 +121,71 @@ def test_served_answers_equal_predict_and_sigterm_exits_cleanly(tiny_run, tmp_pa
     text = log.read_text()
     assert code == 0, text[-3000:]
     assert "Application shutdown complete" in text and "Traceback" not in text, text[-3000:]
+
+
+def _answered_per_worker(folder: Path) -> dict[int, float]:
+    """POST /v1/predict answered 200, per worker process: each worker's own counter file, read apart."""
+    counts = {}
+    for path in folder.glob("counter_*.db"):
+        samples = [s for metric in MultiProcessCollector.merge([str(path)]) for s in metric.samples]
+        counts[int(path.stem.split("_")[1])] = sum(s.value for s in samples
+                                                   if (s.name, frozenset(s.labels.items())) == PREDICT_OK)
+    return counts
+
+
+def test_metrics_add_up_the_workers(tiny_run, tmp_path):  # noqa: F811
+    port, env = free_port(), subprocess_env()
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["TMPDIR"] = str(tmp_path)  # where serve makes its private metrics folder: looked into, then gone
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    terminated = False
+    with open(log, "w") as log_file:
+        server = subprocess.Popen([RUNASSIST, "serve", str(tiny_run.run), "--port", str(port), "--workers", "2"],
+                                  stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_healthy(server, url, log)
+        folders = list(tmp_path.glob("runassist-metrics-*"))
+        assert len(folders) == 1 and folders[0].stat().st_mode & 0o077 == 0, folders
+        folder = folders[0]
+        deadline = time.monotonic() + 90
+        while len(list(folder.glob("counter_*.db"))) < 2:  # a file per worker, made when its app is created
+            assert time.monotonic() < deadline and server.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.1)
+
+        def one(i: int) -> None:  # a new connection each time: the kernel hands them to either worker
+            response = httpx.post(f"{url}/v1/predict", json={"inputs": [tiny_run.all_inputs[i % 8]]}, timeout=30)
+            assert response.status_code == 200, response.text
+
+        sent = 0
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            while True:  # until both workers have answered some (the kernel decides which one accepts)
+                list(pool.map(one, range(sent, sent + 8)))
+                sent += 8
+                per_worker = _answered_per_worker(folder)
+                if sum(n > 0 for n in per_worker.values()) == 2 or sent >= 400:
+                    break
+        assert len(per_worker) == 2 and all(per_worker.values()), per_worker
+        assert sum(per_worker.values()) == sent
+
+        for _ in range(6):  # whichever worker answers a scrape, it reports all of them
+            text = httpx.get(f"{url}/metrics", timeout=10).text
+            s = _samples(text)
+            assert s[PREDICT_OK] == sent and s[("runassist_inputs_total", frozenset())] == sent
+            assert s[("runassist_predict_in_flight", frozenset())] == 0
+            assert s[("runassist_queued_inputs", frozenset())] == 0
+            assert text.count("# TYPE runassist_requests_total counter") == 1  # registered once: no double count
+        server.send_signal(signal.SIGTERM)
+        terminated = True
+        code = server.wait(timeout=60)
+    finally:
+        if not terminated:
+            server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text, text[-3000:]
+    assert not folder.exists()  # the metrics folder goes with the server

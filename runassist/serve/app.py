@@ -13,14 +13,17 @@ in flight when SIGTERM arrives still get their answers.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from contextlib import asynccontextmanager, contextmanager
@@ -38,7 +41,7 @@ from runassist.agent import DEFAULT_MAX_CHARS, DEFAULT_MAX_INPUTS, InputError, L
     tool_definition
 from runassist.errors import RunassistError
 from runassist.serve.batcher import Batcher, BatcherClosed
-from runassist.serve.metrics import CONTENT_TYPE, Metrics
+from runassist.serve.metrics import CONTENT_TYPE, MULTIPROC_DIR, Metrics
 
 STATIC = Path(__file__).resolve().parent / "static"
 ENV_RUN = "RUNASSIST_SERVE_RUN"  # the run folder, for app_from_env (uvicorn --workers N)
@@ -102,10 +105,9 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
     and ``task.to_json``, as ``runassist.predict.Predictor`` has)."""
     info = predictor.info()
     tool = tool_definition(predictor, limits=settings.limits)
-    metrics = Metrics(guard=getattr(predictor, "guard", None))
+    metrics = Metrics(queued_items=lambda: batcher.queued_items, guard=getattr(predictor, "guard", None))
     batcher = Batcher(lambda examples: predict_json(predictor, examples), max_batch_size=settings.max_batch_size,
                       max_wait_ms=settings.max_wait_ms, on_batch=metrics.observe_batch)
-    metrics.queue.read = lambda: batcher.queued_items
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -180,6 +182,7 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
             examples = check_inputs(data, predictor, limits=settings.limits)
         except InputError as exc:
             raise ApiError(422, exc.code, exc.message, limit=exc.limit, value=exc.value) from None
+        asyncio.get_running_loop().call_soon(metrics.count_queue)  # runs once submit() below has queued them
         try:
             predictions = await batcher.submit(examples)
         except BatcherClosed:
@@ -238,7 +241,8 @@ class _Edge:
             await send(message)
 
         predicting = route == "/v1/predict"
-        self.metrics.predicting += predicting
+        if predicting:
+            self.metrics.in_flight.inc()
         try:
             if self._authorised(scope, path):
                 await self.app(scope, receive, send_status)
@@ -247,7 +251,8 @@ class _Edge:
                                      "or 'Authorization: Bearer KEY'", headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send_status)
         finally:
-            self.metrics.predicting -= predicting
+            if predicting:
+                self.metrics.in_flight.dec()
             method = scope.get("method", "")
             # A client chooses the method string: keep the label set bounded, or /metrics grows without end.
             method = method if method in _METHODS else "other"
@@ -373,4 +378,15 @@ def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers
     config = uvicorn.Config("runassist.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                             **common)
     print(f"serving {Path(run).name} on http://{host}:{port} with {workers} worker processes", file=sys.stderr)
-    Multiprocess(config, sockets=[sock]).run()
+    # /metrics adds up the workers' numbers from files in a folder of this server's own (mode 0700), named
+    # in the environment before the workers start: they import prometheus_client with it set (see metrics.py).
+    inherited = os.environ.get(MULTIPROC_DIR)
+    os.environ[MULTIPROC_DIR] = metrics_dir = tempfile.mkdtemp(prefix="runassist-metrics-")
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        if inherited is None:
+            os.environ.pop(MULTIPROC_DIR, None)
+        else:
+            os.environ[MULTIPROC_DIR] = inherited
+        shutil.rmtree(metrics_dir, ignore_errors=True)

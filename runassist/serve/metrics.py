@@ -1,156 +1,159 @@
-"""Prometheus metrics in the text exposition format (version 0.0.4), written by hand.
+"""Prometheus metrics, kept and rendered by ``prometheus_client``.
 
-Why not ``prometheus_client``: it is not a dependency, its default registry is
-process-global (this package keeps no module-level state: each app owns its
-``Metrics``), and the handful of counters and histograms needed here is a few dozen
-lines. Every update happens on the event loop; the lock only guards against a
-scrape rendering while a worker thread's callback updates.
+Why prometheus_client: it writes the official text exposition format as Prometheus parses it
+(escaping, float formatting, cumulative ``le`` buckets, ``_total`` counters), and its
+multiprocess mode adds up the numbers of every ``runassist serve --workers N`` process at
+scrape time; numbers kept in each process's memory can only show the worker that answered.
 
-Per process: with ``--workers N`` each worker keeps its own numbers, so a scrape sees
-the worker that answered it (the usual multi-process caveat).
+Per-app registries: prometheus_client's default ``REGISTRY`` is process-global and nothing here
+touches it. Each app owns one ``Metrics``, which creates its metrics in its own
+``CollectorRegistry``, so two apps in one process (the tests make dozens) count apart and never
+clash on a name.
+
+Multiprocess mode: ``serve()`` makes a private temporary folder, names it in
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start (prometheus_client decides when it is
+imported whether values live in memory or in per-process files there) and removes it on exit.
+A worker's metrics then write to its files, and a scrape, whichever worker answers it, renders a
+registry holding only a ``MultiProcessCollector`` that reads the files of all workers. Nothing can
+be read from a Python object at scrape time in that mode (another process's objects are out of
+reach), so every number is written as it changes: the in-flight gauge is inc/dec'd, the queue
+gauge is set when a request is queued, after each batch and at each scrape, both summed over live
+workers (``livesum``; the files of dead workers are dropped at scrape time), and the int8 guard's
+counts are copied into counters after each batch and at each scrape. Between those moments another
+worker's queue figure can be up to one batch old. One app per process in this mode: two would
+write to the same files.
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
-from typing import Iterable
+import os
+import re
+from collections.abc import Callable
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from runassist.errors import RunassistError
+
+# The type prometheus_client itself serves generate_latest's output with (choose_encoder, when a client
+# asks for no other format); its CONTENT_TYPE_LATEST now names text format 1.0.0, not this 0.0.4 text.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _number(value: float) -> str:
-    if value == float("inf"):
-        return "+Inf"
-    return repr(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-class Counter:
-    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()):
-        self.name, self.help, self.label_names = name, help, labels
-        self.values: dict[tuple[str, ...], float] = {}
-
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + amount
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
-        for labels, value in sorted(self.values.items()):
-            yield f"{self.name}{_labels(self.label_names, labels)} {_number(value)}"
-
-
-class Histogram:
-    def __init__(self, name: str, help: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()):
-        self.name, self.help, self.label_names = name, help, labels
-        self.bounds = tuple(sorted(buckets))
-        self.series: dict[tuple[str, ...], list] = {}  # labels -> [bucket counts..., sum, count]
-
-    def observe(self, value: float, *labels: str) -> None:
-        row = self.series.setdefault(labels, [0] * len(self.bounds) + [0.0, 0])
-        index = bisect.bisect_left(self.bounds, value)  # first bound >= value: `le` is inclusive
-        if index < len(self.bounds):
-            row[index] += 1
-        row[-2] += value
-        row[-1] += 1
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
-        for labels, row in sorted(self.series.items()):
-            cumulative = 0
-            for bound, n in zip(self.bounds, row):
-                cumulative += n
-                le = 'le="' + _number(bound) + '"'
-                yield f"{self.name}_bucket{_labels(self.label_names, labels, le)} {cumulative}"
-            le = 'le="+Inf"'
-            yield f"{self.name}_bucket{_labels(self.label_names, labels, le)} {row[-1]}"
-            yield f"{self.name}_sum{_labels(self.label_names, labels)} {_number(row[-2])}"
-            yield f"{self.name}_count{_labels(self.label_names, labels)} {row[-1]}"
-
-
-class Gauge:
-    kind = "gauge"
-
-    def __init__(self, name: str, help: str, read):
-        self.name, self.help, self.read = name, help, read
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} {self.kind}"
-        yield f"{self.name} {_number(float(self.read()))}"
-
-
-class CounterView(Gauge):
-    """A counter kept elsewhere (the int8 guard's), read at scrape time."""
-
-    kind = "counter"
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
 
 
 class Metrics:
-    """The service's metrics; one instance per app."""
+    """The service's metrics; one instance per app. ``queued_items()`` is the batcher's queue length;
+    ``guard`` the int8 model's guard (``seen``, ``rechecked``, ``threshold``), if any."""
 
-    def __init__(self, *, queued_items=lambda: 0, guard=None):
-        self._lock = threading.Lock()
+    def __init__(self, *, queued_items: Callable[[], int] = lambda: 0, guard=None):
+        self.multiprocess_dir = _multiprocess_dir()
+        self.registry = CollectorRegistry()
+        if self.multiprocess_dir:
+            multiprocess.MultiProcessCollector(self.registry, path=self.multiprocess_dir)
+            into = None  # exported through the files; registered here as well, they would count twice
+        else:
+            into = self.registry
+        self.queued_items = queued_items
         self.requests = Counter("runassist_requests_total", "HTTP requests by route, method and status code.",
-                                ("route", "method", "status"))
+                                ("route", "method", "status"), registry=into)
         self.latency = Histogram("runassist_request_duration_seconds", "HTTP request latency by route.",
-                                 LATENCY_BUCKETS, ("route",))
+                                 ("route",), buckets=LATENCY_BUCKETS, registry=into)
         self.errors = Counter("runassist_errors_total",
                               "Requests answered with an error, by kind (bad_json, invalid_input, limit, "
-                              "unauthorized, not_found, unavailable, internal).", ("kind",))
-        self.inputs = Counter("runassist_inputs_total", "Inputs predicted.")
+                              "unauthorized, not_found, unavailable, internal).", ("kind",), registry=into)
+        self.inputs = Counter("runassist_inputs_total", "Inputs predicted.", registry=into)
         self.batch_size = Histogram("runassist_batch_size", "Inputs per predictor call (micro-batch size).",
-                                    BATCH_BUCKETS)
+                                    buckets=BATCH_BUCKETS, registry=into)
         self.batch_requests = Histogram("runassist_batch_requests", "Requests merged into one predictor call.",
-                                        BATCH_BUCKETS)
+                                        buckets=BATCH_BUCKETS, registry=into)
         self.batch_latency = Histogram("runassist_batch_duration_seconds", "Time of one predictor call.",
-                                       LATENCY_BUCKETS)
-        self.queue = Gauge("runassist_queued_inputs", "Inputs waiting for the model.", queued_items)
-        self.predicting = 0
+                                       buckets=LATENCY_BUCKETS, registry=into)
+        self.queue = Gauge("runassist_queued_inputs", "Inputs waiting for the model.", multiprocess_mode="livesum",
+                           registry=into)
         self.in_flight = Gauge("runassist_predict_in_flight", "POST /v1/predict requests being answered.",
-                               lambda: self.predicting)
+                               multiprocess_mode="livesum", registry=into)
+        # A new process whose pid a dead worker had would start from that worker's last values: reset.
+        self.queue.set(0)
+        self.in_flight.set(0)
         # With an int8 ONNX model: how often its guard sent a close call to the fp32 model.
-        self.guard = [] if guard is None else [
-            CounterView("runassist_int8_windows_total", "Model inputs (windows) the int8 model answered.",
-                        lambda: guard.seen),
-            CounterView("runassist_int8_rechecked_total", "Of those, re-run in fp32 because their decision "
-                        f"margin was below the guard threshold ({guard.threshold}).", lambda: guard.rechecked)]
+        self.guard, self._guard_counted = guard, (0, 0)
+        if guard is not None:
+            self.int8_windows = Counter("runassist_int8_windows_total",
+                                        "Model inputs (windows) the int8 model answered.", registry=into)
+            self.int8_rechecked = Counter("runassist_int8_rechecked_total",
+                                          "Of those, re-run in fp32 because their decision margin was below the "
+                                          f"guard threshold ({guard.threshold}).", registry=into)
 
+    # Every update below happens on the event loop; prometheus_client's values are thread-safe anyway.
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        with self._lock:
-            self.requests.inc(route, method, str(status))
-            self.latency.observe(seconds, route)
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
 
     def observe_batch(self, items: int, requests: int, seconds: float) -> None:
-        with self._lock:
-            self.inputs.inc(amount=items)
-            self.batch_size.observe(items)
-            self.batch_requests.observe(requests)
-            self.batch_latency.observe(seconds)
+        self.inputs.inc(items)
+        self.batch_size.observe(items)
+        self.batch_requests.observe(requests)
+        self.batch_latency.observe(seconds)
+        self.count_queue()
+        self._count_guard()
 
     def error(self, kind: str) -> None:
-        with self._lock:
-            self.errors.inc(kind)
+        self.errors.labels(kind).inc()
 
-    def render(self) -> str:
-        with self._lock:
-            lines = [line for metric in (self.requests, self.latency, self.errors, self.inputs, self.batch_size,
-                                         self.batch_requests, self.batch_latency, self.queue, self.in_flight,
-                                         *self.guard)
-                     for line in metric.render()]
-        return "\n".join(lines) + "\n"
+    def count_queue(self) -> None:
+        self.queue.set(self.queued_items())
+
+    def _count_guard(self) -> None:
+        if self.guard is None:
+            return
+        rechecked, seen = self.guard.rechecked, self.guard.seen  # in this order: never more re-checked than seen
+        counted_seen, counted_rechecked = self._guard_counted
+        if seen > counted_seen:
+            self.int8_windows.inc(seen - counted_seen)
+        if rechecked > counted_rechecked:
+            self.int8_rechecked.inc(rechecked - counted_rechecked)
+        self._guard_counted = (max(seen, counted_seen), max(rechecked, counted_rechecked))
+
+    def render(self) -> bytes:
+        """The exposition text: this app's metrics, or with several workers those of all of them."""
+        self.count_queue()
+        self._count_guard()
+        if self.multiprocess_dir:
+            _forget_dead_workers(self.multiprocess_dir)
+        return generate_latest(self.registry)
+
+
+def _multiprocess_dir() -> str | None:
+    path = os.environ.get(MULTIPROC_DIR) or None
+    in_files = values.ValueClass is not values.MutexValue  # chosen once, when prometheus_client was imported
+    if bool(path) != in_files:
+        raise RunassistError(f"{MULTIPROC_DIR} was {'set' if path else 'unset'} after prometheus_client was "
+                             "imported; it must be set (or unset) before the process starts")
+    return path
+
+
+def _forget_dead_workers(path: str) -> None:
+    """Drop the live gauges of workers that have exited (uvicorn replaces a worker that dies, and
+    SIGHUP replaces them all), as prometheus_client's ``mark_process_dead`` hook is meant to."""
+    for name in os.listdir(path):
+        match = _LIVE_GAUGE_FILE.match(name)
+        if match and not _alive(int(match.group(1))):
+            try:
+                multiprocess.mark_process_dead(int(match.group(1)), path)
+            except FileNotFoundError:  # another worker's scrape removed it first
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
