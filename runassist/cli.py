@@ -79,7 +79,7 @@ def init(task: Optional[str] = typer.Argument(None, help="a task name; --list sh
     if list_tasks or task is None:
         for name, cls in sorted(task_table().items()):
             doc = inspect.getdoc(sys.modules[cls.__module__]) or ""
-            out.print(f"{name}\t{doc.splitlines()[0] if doc else cls.__module__}", markup=False, highlight=False)
+            sys.stdout.write(f"{name}\t{doc.splitlines()[0] if doc else cls.__module__}\n")
         if task is None and not list_tasks:
             raise typer.Exit(2)
         return

@@ -69,7 +69,8 @@ def compare_runs(a: str | Path, b: str | Path, *, data: str | None = None, n: in
         notes.append(f"labels in the data neither run was trained on: {', '.join(unknown)}")
     body = task.compare(examples, out_a, out_b, labels=labels, n=n, seed=seed, notes=notes)
     for metric, boot in body["overall"].items():
-        boot["sentence"] = verdict(boot, metric)
+        boot["higher_is_better"] = not (metric == task.headline and task.headline_mode == "min")
+        boot["sentence"] = verdict(boot, metric, higher_is_better=boot["higher_is_better"])
     headline = body["headline"]
     return {
         "task": task.name,
@@ -127,12 +128,17 @@ def _p(value: float) -> str:
     return "p<0.001" if value < 0.001 else f"p={value:.3f}"
 
 
-def verdict(boot: dict[str, Any], metric: str) -> str:
+def verdict(boot: dict[str, Any], metric: str, *, higher_is_better: bool = True) -> str:
     """One plain sentence for a paired bootstrap result of ``metric`` (B minus A)."""
     name = METRIC_NAMES.get(metric, metric)
     diff, low, high = boot["diff"], boot["ci_low"], boot["ci_high"]
     if boot["within_noise"] or diff == 0:
         return f"the difference ({_f3(diff)}) is within noise: 95% CI {_f3(low)}..{_f3(high)}"
+    if not higher_is_better:  # lower wins: the gap is stated as worse minus better, so it is positive
+        if diff < 0:
+            return (f"B is better than A by {_f3(-diff)} lower {name} (95% CI {_f3(-high)}..{_f3(-low)}, "
+                    f"{_p(boot['p_value'])})")
+        return f"A is better than B by {_f3(diff)} lower {name} (95% CI {_f3(low)}..{_f3(high)}, {_p(boot['p_value'])})"
     if diff > 0:
         return f"B is better than A by {_f3(diff)} {name} (95% CI {_f3(low)}..{_f3(high)}, {_p(boot['p_value'])})"
     # A ahead: state the gap as A minus B, so the interval is positive as well
@@ -164,7 +170,8 @@ def render_comparison(result: dict[str, Any], console: Any) -> None:
         if boot is None:
             overall.add_row(metric, f"{value_a:.4f}", f"{value_b:.4f}", _signed(diff), "", "", "")
             continue
-        mark = "within noise" if boot["within_noise"] else ("[green]B better[/]" if diff > 0 else "[red]A better[/]")
+        b_ahead = diff > 0 if boot.get("higher_is_better", True) else diff < 0
+        mark = "within noise" if boot["within_noise"] else ("[green]B better[/]" if b_ahead else "[red]A better[/]")
         name = f"[bold]{metric}[/]" if metric == result["headline"] else metric
         overall.add_row(name, f"{value_a:.4f}", f"{value_b:.4f}", _signed(diff),
                         f"{_f3(boot['ci_low'])}..{_f3(boot['ci_high'])}", _p(boot["p_value"]).removeprefix("p="),

@@ -76,8 +76,8 @@ class LoraConfig(_Section):
 
 
 class EarlyStoppingConfig(_Section):
-    metric: str | None = None  # None: the task's headline metric (f1 for ner, accuracy for classify)
-    mode: Literal["max", "min"] = "max"
+    metric: str | None = None  # None: the task's headline metric
+    mode: Literal["max", "min"] | None = None  # None: the headline's own direction (the task says), else max
     patience: int = Field(3, ge=1)  # evaluations without improvement before stopping
     min_delta: float = Field(0.0, ge=0.0)
 

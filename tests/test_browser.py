@@ -103,3 +103,41 @@ def test_classes_as_bars_and_the_api_key_field(browser):
         assert stub.calls == [[text]]
         assert not [e for e in errors if "401" not in e], errors
         page.close()
+
+
+def test_object_inputs_get_a_box_per_field_and_other_answers_show_as_json(browser):
+    """The page builds its form from the tool's input schema, not from a task name: an object input
+    (a question and its context) gets one box per field, and an answer that is neither entities nor
+    label probabilities is shown as its JSON."""
+    from serve_fixtures import StubTask
+
+    class QuestionTask(StubTask):
+        def input_schema(self, max_chars):
+            text = {"type": "string", "maxLength": max_chars}
+            return {"type": "object", "required": ["question", "context"], "additionalProperties": False,
+                    "properties": {"question": {**text, "description": "a question"},
+                                   "context": {**text, "description": "the text holding the answer"}}}
+
+        def to_json(self, example, prediction):
+            return {"answer": example["context"].split()[-1], "score": prediction}
+
+    class QuestionPredictor(StubPredictor):
+        def examples(self, inputs):
+            if not all(isinstance(i, dict) and set(i) == {"question", "context"} for i in inputs):
+                raise ValueError("each input must be {question, context}")
+            return list(inputs)
+
+    stub = QuestionPredictor()
+    stub.task = QuestionTask()
+    with ThreadedServer(create_app(stub, settings=ServeSettings(max_wait_ms=1))) as server:
+        page, errors = _open(browser, server.url)
+        assert page.locator("#fields textarea").count() == 2 and page.locator("#input").count() == 0
+        page.fill("#field-question", "Where is the cat?")
+        page.fill("#field-context", "The cat sat on the mat")
+        page.click("#submit")
+        page.wait_for_selector("#output:not([hidden])", timeout=15_000)
+        assert stub.calls == [[{"question": "Where is the cat?", "context": "The cat sat on the mat"}]]
+        assert '"answer": "mat"' in page.locator("#raw").text_content()
+        assert page.locator("#result").inner_text() == "" and page.locator("#error").is_hidden()
+        assert not errors, errors
+        page.close()

@@ -1,37 +1,159 @@
-"""One contract for every task in the table: train -> save -> load -> predict, through the real CLI.
+"""One contract for every task: train -> save -> load -> predict -> serve -> score, through the real CLI.
 
-A new task gets this test for free by adding a data maker below; nothing else in the trainer,
-run folder or predictor may need to learn about it.
+Every task of the table runs it, and so does a third task that exists only in this file: a text
+regressor (a score per text, no label set, a loss and metrics of its own, a headline where lower
+is better), registered the way a plugin package registers one, through the ``runassist.tasks``
+entry-point group. Nothing outside ``runassist/tasks/`` may need to learn about a task for it to
+pass; nothing in ``runassist/`` names this one.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import os
 import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Literal, Sequence
 
+import numpy as np
 import pytest
+import torch
+from pydantic import Field
 
-from conftest import make_ner_sentences, write_conll
-from runassist.tasks import TASKS
+from conftest import REPO, make_ner_sentences, write_conll
+from runassist.config import TaskSection
+from runassist.data.records import Split
+from runassist.errors import DataError
+from runassist.tasks.base import Capabilities, Feature, TaskState, pad_inputs
+from runassist.tasks.default import BaseTask
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+HERE = Path(__file__).resolve().parent
 POSITIVE = "great good fun loved".split()
 NEGATIVE = "bad terrible boring hated".split()
 NEUTRAL = "the movie film plot story acting was a".split()
 
 
-def _sentiment_rows(n: int, seed: int) -> list[dict[str, str]]:
+# -- the plugin task -----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ScoredText:
+    text: str
+    score: float | None = None
+    source: str = ""
+
+
+class TextScoreSection(TaskSection):
+    name: Literal["text-score"] = "text-score"
+    score_key: str = Field("score", description="JSON key of the number to predict")
+
+
+class TextScoreTask(BaseTask):
+    """Text regression: a number per text (mean squared error), scored by mean absolute error."""
+
+    name = "text-score"
+    Section = TextScoreSection
+    headline = "mae"
+    headline_mode = "min"
+    capabilities = Capabilities(onnx=False, int8_guard=False)
+    tool_name = "score_text"
+
+    def scan_file(self, path: Path, *, require_labels: bool = True) -> Split:
+        from runassist.data.io import iter_jsonl
+
+        key, examples = self.task_cfg.score_key, []
+        for line, row in iter_jsonl(path):
+            score = row.get(key)
+            if require_labels and not isinstance(score, (int, float)):
+                raise DataError(path, line, f"'{key}' must be a number")
+            examples.append(ScoredText(row["text"], None if score is None else float(score), f"{path}:{line}"))
+        return Split(str(path), examples)
+
+    def label_set(self, examples: Sequence[ScoredText]) -> None:
+        return None
+
+    def label_units(self, example: ScoredText) -> tuple[str, ...]:
+        return ()
+
+    def check_labels(self, read, report) -> None:
+        if "train" in read and all(ex.score is None for ex in read["train"]):
+            report.errors.append("train: no scores")
+
+    def unlabelled(self, example: ScoredText) -> ScoredText:
+        return dataclasses.replace(example, score=None)
+
+    def example_from_input(self, item: Any) -> ScoredText:
+        if not isinstance(item, str):
+            raise ValueError("each input must be a string")
+        return ScoredText(item)
+
+    def encode(self, examples: Sequence[ScoredText], tokenizer: Any, state: TaskState) -> list[Feature]:
+        ids = tokenizer([ex.text for ex in examples], truncation=True, max_length=self.model_cfg.max_length)
+        return [Feature(example=i, inputs={"input_ids": ids["input_ids"][i]}, target=ex.score)
+                for i, ex in enumerate(examples)]
+
+    def collate(self, features: Sequence[Feature], tokenizer: Any) -> dict[str, torch.Tensor]:
+        batch = pad_inputs(features, tokenizer.pad_token_id)
+        if all(f.target is not None for f in features):
+            batch["labels"] = torch.tensor([f.target for f in features], dtype=torch.float32)
+        return batch
+
+    def build_model(self, source: str, state: TaskState, *, dropout: float | None = None) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        from runassist.tasks.hf import load_model
+
+        return load_model(AutoModelForSequenceClassification, source, None, dropout=dropout, num_labels=1,
+                          problem_type="regression")
+
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor], weights: torch.Tensor | None) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(outputs.logits.float().squeeze(-1), batch["labels"])
+
+    def decode(self, examples, features, outputs, state) -> list[float]:
+        return [float(out[0]) for out in outputs]
+
+    def score(self, examples: Sequence[ScoredText], predictions: Sequence[float], state: TaskState) -> dict:
+        gold = np.array([ex.score for ex in examples], dtype=float)
+        pred = np.array(predictions, dtype=float)
+        return {"mae": float(np.abs(gold - pred).mean()), "rmse": float(np.sqrt(((gold - pred) ** 2).mean()))}
+
+    def to_json(self, example: ScoredText, prediction: float) -> dict:
+        return {"score": round(prediction, 4)}
+
+    def gold_json(self, example: ScoredText) -> dict:
+        return {"text": example.text, "gold": example.score}
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory):
+    """Register TextScoreTask as an installed package would: a dist-info with an entry point."""
+    from runassist import tasks
+
+    site = tmp_path_factory.mktemp("site")
+    dist = site / "textscore_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: textscore-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[runassist.tasks]\ntext-score = test_contract:TextScoreTask\n")
+    sys.path.insert(0, str(site))
+    tasks.refresh()
+    yield site
+    sys.path.remove(str(site))
+    tasks.refresh()
+
+
+# -- data for each task ---------------------------------------------------------------------------
+
+def _sentiment_rows(n: int, seed: int) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         label = rng.choice(["pos", "neg"])
         words = rng.sample(NEUTRAL, 4) + [rng.choice(POSITIVE if label == "pos" else NEGATIVE)]
         rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": label})
+        rows.append({"text": " ".join(words), "label": label, "score": 1.0 if label == "pos" else -1.0})
     return rows
 
 
@@ -43,60 +165,139 @@ def _ner_data(tmp: Path) -> tuple[list[str], list, str]:
 
 
 def _classify_data(tmp: Path) -> tuple[list[str], list, str]:
-    import csv
-
     specs = []
     for split, n, seed in (("train", 96, 0), ("dev", 24, 1), ("test", 24, 2)):
         path = tmp / f"{split}.csv"
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=["text", "label"])
             writer.writeheader()
-            writer.writerows(_sentiment_rows(n, seed))
+            writer.writerows({"text": r["text"], "label": r["label"]} for r in _sentiment_rows(n, seed))
         specs.append(f"data.{split}={path}")
     return specs + ["train.lr=3e-3", "train.epochs=6"], ["a great fun movie", "the plot was boring"], "accuracy"
 
 
-DATA = {"ner": _ner_data, "classify": _classify_data}
+def _score_data(tmp: Path) -> tuple[list[str], list, str]:
+    specs = []
+    for split, n, seed in (("train", 96, 0), ("dev", 24, 1), ("test", 24, 2)):
+        path = tmp / f"{split}.jsonl"
+        path.write_text("".join(json.dumps({"text": r["text"], "score": r["score"]}) + "\n"
+                                for r in _sentiment_rows(n, seed)), encoding="utf-8")
+        specs.append(f"data.{split}={path}")
+    return specs + ["train.lr=3e-3", "train.epochs=12"], ["a great fun movie", "the plot was boring"], "mae"
+
+
+DATA = {"ner": _ner_data, "classify": _classify_data, "text-score": _score_data}
 
 
 def test_every_task_has_contract_data():
-    assert set(DATA) == set(TASKS)
+    from runassist.tasks import TASKS
+
+    assert set(TASKS) | {"text-score"} == set(DATA)
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
-def test_train_save_load_predict(task, tiny_model, tmp_path):
+def _check_answers(task: str, rows: list[dict]) -> None:
+    if task == "ner":
+        assert all({"label", "text", "start", "end", "score"} <= set(e) for r in rows for e in r["entities"])
+        assert any(e["label"] == "PER" and e["text"] == "mary smith" for e in rows[0]["entities"]), rows[0]
+    elif task == "classify":
+        assert [r["label"] for r in rows] == ["pos", "neg"]
+    else:  # learned the sign of the words: positive text above zero, negative below
+        assert rows[0]["score"] > 0.3 and rows[1]["score"] < -0.3, rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(DATA))
+def test_train_save_load_predict_serve_score(task, plugin, tiny_model, tmp_path):
     overrides, inputs, headline = DATA[task](tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(plugin), str(HERE), str(REPO)])}
     common = [f"task={task}", f"model.source={tiny_model}", "model.max_length=32", "model.stride=8",
               f"output.dir={tmp_path / 'runs'}", "output.name=r", "train.batch_size=8", "train.threads=1",
               "train.precision=fp32", "train.warmup_ratio=0"]
     cli = [sys.executable, "-m", "runassist.cli"]
-    done = subprocess.run([*cli, "train", "--quiet", "--no-report", *common, *overrides], env=ENV,
+    done = subprocess.run([*cli, "train", "--quiet", *common, *overrides], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     run = Path(done.stdout.strip().splitlines()[-1])
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["best"]["metric"] == headline
-    assert summary["test"][headline] >= 0.75, summary["test"]  # the tiny model learns the word lists
+    assert summary["best"]["metric"] == headline and summary["task"] == task
+    dev = [r[headline] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+           if r.get("kind") == "eval"]
+    # the kept model is the best dev evaluation, in the headline's own direction
+    assert summary["best"]["value"] == (min(dev) if task == "text-score" else max(dev))
+    if task == "text-score":
+        assert summary["test"]["mae"] < 0.5, summary["test"]  # targets are -1 / +1: 1.0 is what a constant gets
+    else:
+        assert summary["test"][headline] >= 0.75, summary["test"]  # the tiny model learns the word lists
+    assert (run / "report.html").is_file()
 
     text = tmp_path / "inputs.txt"
     text.write_text("\n".join(inputs) + "\n", encoding="utf-8")
-    done = subprocess.run([*cli, "predict", str(run), str(text), "-o", str(tmp_path / "out.jsonl")], env=ENV,
+    done = subprocess.run([*cli, "predict", str(run), str(text), "-o", str(tmp_path / "out.jsonl")], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(rows) == len(inputs)
+    _check_answers(task, rows)
 
-    # the library path loads the same run and answers the same way
+    # the library path loads the same run and answers the same way; so does the service
+    from fastapi.testclient import TestClient
+
     from runassist.predict import Predictor
+    from runassist.serve import ServeSettings, create_app
 
-    assert Predictor.from_run(run).predict(inputs) == rows
-    done = subprocess.run([*cli, "evaluate", str(run), "--json"], env=ENV, capture_output=True, text=True,
+    predictor = Predictor.from_run(run)
+    assert predictor.predict(inputs) == rows
+    with TestClient(create_app(predictor, settings=ServeSettings(max_wait_ms=1))) as client:
+        served = client.post("/v1/predict", json={"inputs": inputs})
+        assert served.status_code == 200, served.text
+        assert served.json()["predictions"] == rows
+        tool = client.get("/v1/tools").json()["function"]
+        assert tool["name"] == predictor.task.tool_name and tool["parameters"]["properties"]["inputs"]["items"]
+        assert client.get("/v1/model").json()["task"] == task
+        assert client.get("/").status_code == 200
+
+    done = subprocess.run([*cli, "evaluate", str(run), "--json"], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     scores = json.loads(done.stdout)["scores"]
     assert scores[headline] == pytest.approx(summary["test"][headline])
-    if task == "ner":
-        assert all({"label", "text", "start", "end", "score"} <= set(e) for r in rows for e in r["entities"])
-        assert any(e["label"] == "PER" and e["text"] == "mary smith" for e in rows[0]["entities"]), rows[0]
-    else:
-        assert [r["label"] for r in rows] == ["pos", "neg"]
+
+
+def test_a_plugin_task_is_a_task_like_any_other(plugin, tmp_path):
+    """init writes its section with its comments; check-data reads its data; a config key it
+    does not have fails with its own keys; export refuses what its capabilities say it cannot do."""
+    from runassist.tasks import load_config, task_table
+
+    assert task_table()["text-score"] is TextScoreTask
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(plugin), str(HERE), str(REPO)])}
+    cli = [sys.executable, "-m", "runassist.cli"]
+    done = subprocess.run([*cli, "init", "text-score"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "score_key: score  # JSON key of the number to predict" in done.stdout
+    listed = subprocess.run([*cli, "init", "--list"], env=env, capture_output=True, text=True, timeout=120)
+    assert {"ner", "classify", "text-score"} <= {line.split("\t")[0] for line in listed.stdout.splitlines()}
+    with pytest.raises(Exception, match=r"task\.bogus: unknown key 'bogus'; valid keys of task: name, score_key"):
+        load_config(None, ["task=text-score", "task.bogus=1"])
+
+    overrides, _, _ = _score_data(tmp_path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine", "score": 1}\n{"text": "no number", "score": "high"}\n', encoding="utf-8")
+    done = subprocess.run([*cli, "check-data", "task=text-score", *overrides[:2], f"data.test={bad}"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and f"{bad}:2: 'score' must be a number" in done.stdout, done.stdout
+
+
+def test_export_follows_the_task_capabilities(plugin, tiny_model, tmp_path):
+    from runassist.errors import RunassistError
+    from runassist.export import export
+    from runassist.tasks import load_config
+    from runassist.train.run import train
+
+    overrides, _, _ = _score_data(tmp_path)
+    cfg = load_config(None, ["task=text-score", f"model.source={tiny_model}", "model.max_length=32",
+                             f"output.dir={tmp_path / 'runs'}", "train.max_steps=2", "train.threads=1",
+                             "train.precision=fp32", *overrides])
+    run = train(cfg, progress=False).run
+    with pytest.raises(RunassistError, match="text-score model cannot be exported to ONNX"):
+        export(run)

@@ -79,6 +79,7 @@ class Task(Protocol):
     name: ClassVar[str]  # its value of task.name
     Section: ClassVar[type[TaskSection]]  # its config section: task: {name: ..., its own keys}
     headline: str  # the score early stopping, `runs` and the report lead with
+    headline_mode: str  # "max" when higher is better, "min" when lower is (perplexity, WER)
     capabilities: ClassVar[Capabilities]
     peft_task_type: ClassVar[str | None]  # peft's TaskType for LoRA (TOKEN_CLS, SEQ_CLS, ...)
 

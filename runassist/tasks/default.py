@@ -29,6 +29,7 @@ class BaseTask:
     name: ClassVar[str]
     Section: ClassVar[type[TaskSection]]
     headline: str = "accuracy"
+    headline_mode: ClassVar[str] = "max"  # "min" when lower is better (a loss, an error rate)
     capabilities: ClassVar[Capabilities] = Capabilities()
     peft_task_type: ClassVar[str | None] = None
     target_keys: ClassVar[tuple[str, ...]] = ("labels",)  # batch keys forward() keeps from the model
@@ -181,8 +182,9 @@ class BaseTask:
                           labels={k: v[0] for k, v in sorted(label_sources(examples, self.label_units).items())})
 
     def overlap_key(self, example: Any) -> Hashable:
-        """Examples with equal keys count as the same example across splits."""
-        return self.gold_json(self.unlabelled(example))["input"]
+        """Examples with equal keys count as the same example across splits (default: the same input,
+        as ``gold_json`` writes it without the gold answer)."""
+        return json.dumps(self.gold_json(self.unlabelled(example)), sort_keys=True, ensure_ascii=False, default=str)
 
     def check_labels(self, read: dict[str, list[Any]], report: CheckReport) -> None:
         """Labels of dev/test never seen in train; train without any label."""

@@ -117,9 +117,10 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
 
     es = tc.early_stopping
     metric = (es.metric if es and es.metric else task.headline)
+    mode = (es.mode if es and es.mode else None) or (task.headline_mode if metric == task.headline else "max")
     ctx = TrainContext(run=run, engine=engine, model=model, optimizer=optimizer, scheduler=scheduler,
                        processor=processor, task=task, state=state, metric=metric,
-                       mode=es.mode if es else "max", total_steps=schedule.total_steps,
+                       mode=mode, total_steps=schedule.total_steps,
                        merge_lora=tc.lora.merge if tc.lora else True, train_features=train_features)
     start = Position()
     pending_eval: float | None = None  # the epoch of an evaluation an interrupt cut short

@@ -1,11 +1,15 @@
 // The try-it page: plain JS, no build step, no external URLs. Everything the user typed is
 // put in the page with textContent (never innerHTML), so the text cannot inject markup.
+// Nothing here knows a task by name: the input boxes follow the tool's input schema
+// (GET /v1/tools: one box for a text, one per field for an object such as a question and its
+// context), and a prediction is drawn by its shape (entities with offsets, label probabilities,
+// or else its JSON).
 "use strict";
 
 const PALETTE = ["#7aecec", "#bfeeb7", "#feca74", "#ff9561", "#aa9cfc", "#c887fb", "#9cc9cc", "#ffeb80",
                  "#ff8197", "#f0d0ff", "#e4e7d2", "#bfe1d9", "#e2b4a6", "#c5d1f7"];
 const $ = (id) => document.getElementById(id);
-const state = { info: null, types: [], key: sessionStorage.getItem("runassist-api-key") || "" };
+const state = { info: null, types: [], fields: null, key: sessionStorage.getItem("runassist-api-key") || "" };
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -63,9 +67,10 @@ function fmt(v) {
 
 function renderInfo(info) {
   state.info = info;
-  state.types = info.task === "ner" ? entityTypes(info.labels) : [];
+  state.types = entityTypes(info.labels || []);
   $("model-name").textContent = info.run;
-  $("model-about").textContent = `${info.task} model fine-tuned from ${info.base_model} (backend ${info.backend})`;
+  $("model-about").textContent = `${info.title || info.task} model fine-tuned from ${info.base_model} ` +
+    `(backend ${info.backend})`;
   const table = $("metrics-table");
   table.replaceChildren();
   const metrics = info.metrics || {};
@@ -84,8 +89,43 @@ function renderInfo(info) {
     table.append(el("tr", {}, el("td", {}, "no metrics in this run's summary.json")));
   }
   const best = metrics.best;
-  const labels = info.task === "ner" ? `entity types: ${state.types.join(", ")}` : `labels: ${info.labels.join(", ")}`;
-  $("labels").textContent = labels + (best ? ` · best dev ${best.metric} ${fmt(best.value)} at step ${best.step}` : "");
+  const parts = [info.labels_summary, best ? `best dev ${best.metric} ${fmt(best.value)} at step ${best.step}` : ""];
+  $("labels").textContent = parts.filter(Boolean).join(" · ");
+}
+
+// One input of the tool, from its JSON schema: a string (one box), or an object whose string
+// properties each get a box. Of an anyOf the first string form wins (a text rather than a pair).
+function renderForm(itemSchema) {
+  const options = itemSchema && itemSchema.anyOf ? itemSchema.anyOf : [itemSchema || { type: "string" }];
+  const text = options.find((o) => o && o.type === "string");
+  const object = options.find((o) => o && o.type === "object" && o.properties);
+  const form = $("fields");
+  const fields = text || !object ? null : Object.keys(object.properties);
+  if (form.dataset.shape === JSON.stringify(fields)) return;  // same boxes: keep what the user typed
+  form.dataset.shape = JSON.stringify(fields);
+  form.replaceChildren();
+  if (!fields) {
+    state.fields = null;
+    form.append(el("label", { for: "input" }, "Text"),
+                el("textarea", { id: "input", rows: "6", placeholder: "Type or paste text, then Predict (Ctrl+Enter)" }));
+    return;
+  }
+  state.fields = fields;
+  for (const name of fields) {
+    const rows = name === "context" || name === "text" ? "6" : "2";
+    form.append(el("label", { for: `field-${name}` }, name),
+                el("textarea", { id: `field-${name}`, "data-field": name, rows,
+                                 placeholder: object.properties[name].description || name }));
+  }
+}
+
+function readInput() {
+  if (!state.fields) return { item: $("input").value, text: $("input").value };
+  const item = {};
+  for (const name of state.fields) item[name] = $(`field-${name}`).value;
+  // Offsets in a prediction point into the longest field (a QA answer into its context).
+  const text = state.fields.map((n) => item[n]).reduce((a, b) => (b.length > a.length ? b : a), "");
+  return { item, text };
 }
 
 function renderLegend(found) {
@@ -134,17 +174,18 @@ function renderProbs(prediction) {
 }
 
 async function predict() {
-  const text = $("input").value;
+  const { item, text } = readInput();
   if (!text.trim()) { showError("type some text first"); return; }
   showError("");
   $("submit").disabled = true;
   $("status").textContent = "predicting…";
   const started = performance.now();
   try {
-    const body = await api("v1/predict", { method: "POST", body: JSON.stringify({ inputs: [text] }) });
+    const body = await api("v1/predict", { method: "POST", body: JSON.stringify({ inputs: [item] }) });
     const prediction = body.predictions[0];
-    if (state.info && state.info.task === "ner") renderEntities(text, prediction);
-    else renderProbs(prediction);
+    if (Array.isArray(prediction.entities)) renderEntities(text, prediction);
+    else if (prediction.probs) renderProbs(prediction);
+    else { $("legend").replaceChildren(); $("result").replaceChildren(); }  // the JSON below says it all
     $("raw").textContent = JSON.stringify(prediction, null, 2);
     $("output").hidden = false;
     $("status").textContent = `${Math.round(performance.now() - started)} ms`;
@@ -158,7 +199,9 @@ async function predict() {
 
 async function loadInfo() {
   try {
-    renderInfo(await api("v1/model"));
+    const [info, tool] = await Promise.all([api("v1/model"), api("v1/tools")]);
+    renderForm(((tool.function.parameters.properties || {}).inputs || {}).items);
+    renderInfo(info);
     showError("");
   } catch (e) {
     showError(e.message);
@@ -173,7 +216,7 @@ async function main() {
     loadInfo();
   });
   $("submit").addEventListener("click", predict);
-  $("input").addEventListener("keydown", (ev) => {
+  $("fields").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) predict();
   });
   try {
