@@ -32,6 +32,27 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _show(title: str | None, columns: list[str] | None, rows: list[list], *, right: int = 0) -> None:
+    """A table: drawn by rich on a terminal; written as tab-separated lines (``# title`` first, then
+    the header) into a pipe or a file, where a drawn table would be cut to 80 columns and is no use
+    to ``cut`` or ``awk``. Cells are user text: escaped for rich, tabs and newlines flattened for TSV.
+    ``right``: how many columns from the second on are numbers (right-aligned on a terminal)."""
+    cells = [[c if isinstance(c, str) else _fmt(c) for c in row] for row in rows]
+    if not out.is_terminal:
+        lines = [f"# {title}"] if title else []
+        if columns:
+            lines.append("\t".join(columns))
+        lines += ["\t".join(" ".join(c.split()) for c in row) for row in cells]
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        return
+    table = Table(title=escape(title) if title else None, show_header=columns is not None)
+    for i, name in enumerate(columns or [""] * (len(cells[0]) if cells else 0)):
+        table.add_column(escape(name), justify="right" if 0 < i <= right else "left")
+    for row in cells:
+        table.add_row(*(escape(c) for c in row))
+    out.print(table)
+
+
 @app.command()
 def env(as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
         no_hub: bool = typer.Option(False, "--no-hub", help="skip the hub reachability probe")) -> None:
@@ -43,7 +64,6 @@ def env(as_json: bool = typer.Option(False, "--json", help="print one JSON objec
     if as_json:
         _json({**facts, "recommendations": rec})
         return
-    table = Table(title="runassist env", show_header=False)
     cpu = facts["cpu"]
     rows = [("python", facts["python"]),
             *[(name, version or "not installed") for name, version in facts["versions"].items()],
@@ -54,17 +74,11 @@ def env(as_json: bool = typer.Option(False, "--json", help="print one JSON objec
             ("gpus", ", ".join(f"{g['name']} ({g['memory_mb']:,} MB, bf16 {g['bf16']})" for g in facts["gpus"])
              or "none"),
             ("hub", f"reachable={facts['hub']['reachable']} ({facts['hub']['detail']})")]
-    for key, value in rows:
-        table.add_row(key, str(value))
-    out.print(table)
-    rtable = Table(title="recommended settings")
-    rtable.add_column("setting")
-    rtable.add_column("value")
-    for key in ("device", "precision", "threads", "batch_size"):
-        rtable.add_row(key, str(rec[key]))
-    out.print(rtable)
+    _show("runassist env", None, [[key, str(value)] for key, value in rows])
+    _show("recommended settings", ["setting", "value"],
+          [[key, str(rec[key])] for key in ("device", "precision", "threads", "batch_size")])
     for note in rec["notes"]:
-        out.print(f"- {note}")
+        out.print(f"- {escape(note)}", highlight=False)
 
 
 @app.command()
@@ -100,12 +114,8 @@ def assets(as_json: bool = typer.Option(False, "--json")) -> None:
     if as_json:
         _json(rows)
         return
-    table = Table(title="packaged assets")
-    for col in ("name", "kind", "what", "size", "licence", "installed"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*(str(row.get(c, "")) for c in ("name", "kind", "what", "size", "licence", "installed")))
-    out.print(table)
+    columns = ["name", "kind", "what", "size", "licence", "installed"]
+    _show("packaged assets", columns, [[str(row.get(c, "")) for c in columns] for row in rows])
 
 
 @app.command("check-data")
@@ -149,15 +159,10 @@ def _cell(key: str, value) -> str:
 
 def _print_report(report) -> None:
     data = report.to_dict()
-    table = Table(title="splits")
-    keys = [k for k in _SPLIT_COLUMNS if any(s.get(k) not in (None, {}, 0) or k == "examples"
-                                              for s in data["splits"].values())]
-    table.add_column("split")
-    for key in keys:
-        table.add_column(_SPLIT_COLUMNS[key])
-    for name, split in data["splits"].items():
-        table.add_row(escape(name), *(escape(_cell(key, split.get(key, ""))) for key in keys))
-    out.print(table)
+    keys = [k for k in _SPLIT_COLUMNS if k == "examples" or any(s.get(k) not in (None, {}, 0)
+                                                              for s in data["splits"].values())]
+    _show("splits", ["split", *(_SPLIT_COLUMNS[k] for k in keys)],
+          [[name, *(_cell(key, split.get(key, "")) for key in keys)] for name, split in data["splits"].items()])
     for line in data["warnings"]:
         out.print(f"[yellow]warning[/] {escape(line)}", highlight=False)
     for line in data["errors"]:
@@ -232,25 +237,16 @@ def evaluate(run: Path, data: Optional[str] = typer.Option(None, "--data", help=
 
 
 def _print_scores(scores: dict, *, title: str) -> None:
-    headline = Table(title=title)
     flat = {k: v for k, v in scores.items() if isinstance(v, (int, float))}
-    for key in flat:
-        headline.add_column(key)
-    headline.add_row(*(_fmt(v) for v in flat.values()))
-    out.print(headline)
+    _show(title, list(flat), [list(flat.values())], right=len(flat))
     per = scores.get("per_type") or scores.get("per_class")
     if per:
-        table = Table(title="per label")
         cols = [c for c in ("precision", "recall", "f1", "support") if c in next(iter(per.values()))]
-        table.add_column("label")
-        for col in cols:
-            table.add_column(col, justify="right")
-        for label, row in per.items():
-            table.add_row(label, *(_fmt(row.get(c)) for c in cols))
-        out.print(table)
+        _show("per label", ["label", *cols], [[label, *(row.get(c) for c in cols)] for label, row in per.items()],
+              right=len(cols))
     errors = scores.get("errors")
     if errors:
-        out.print("errors: " + ", ".join(f"{k} {v}" for k, v in errors.items()))
+        out.print("errors: " + escape(", ".join(f"{k} {v}" for k, v in errors.items())), highlight=False)
 
 
 @app.command()
@@ -284,12 +280,8 @@ def runs_list(ctx: typer.Context, base: Path = typer.Option(Path("runs"), "--dir
     if as_json:
         _json(rows)
         return
-    table = Table(title=f"runs in {base}")
-    for col in ("name", "task", "model", "status", "metric", "dev", "test", "date"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*(_fmt(row[c]) for c in ("name", "task", "model", "status", "metric", "dev", "test", "date")))
-    out.print(table)
+    columns = ["name", "task", "model", "status", "metric", "dev", "test", "date"]
+    _show(f"runs in {base}", columns, [[row[c] for c in columns] for row in rows])
 
 
 @runs_app.command("show")
@@ -302,12 +294,12 @@ def runs_show(run: Path, as_json: bool = typer.Option(False, "--json")) -> None:
     if as_json:
         _json(summary)
         return
-    table = Table(title=str(run), show_header=False)
+    rows = []
     for key, value in summary.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={_fmt(v)}" for k, v in value.items() if not isinstance(v, dict))
-        table.add_row(key, _fmt(value) if not isinstance(value, str) else value)
-    out.print(table)
+        rows.append([key, value])
+    _show(str(run), None, rows)
 
 
 @runs_app.command("compare")

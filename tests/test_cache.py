@@ -132,15 +132,6 @@ def test_classify_side_effect_and_off_switch(tokenizer, tmp_path):
     assert task.calls == 2
 
 
-def _hooked() -> bool:
-    import inspect
-
-    from runassist.train import run
-
-    return "cached_encode" in inspect.getsource(run)
-
-
-@pytest.mark.skipif(not _hooked(), reason="train/run.py does not call cache.cached_encode yet")
 def test_second_training_run_reuses_the_features(ner_files, tiny_model, tmp_path, monkeypatch):
     from conftest import ner_overrides
     from runassist.tasks import load_config

@@ -102,8 +102,8 @@ def test_ner_export_int8_parity_and_backends_agree(ner_run):
         np.testing.assert_allclose(got, expected, atol=1e-4)
     reference = torch_pred.predict(TEXTS)
     assert [r["tags"] for r in fp32.predict(TEXTS)] == [r["tags"] for r in reference]
-    int8 = onnx_pred.predict(TEXTS)
-    assert [len(r["tags"]) for r in int8] == [len(r["tags"]) for r in reference]
+    # int8 with its guard: the close calls were re-run in fp32, so every text gets torch's tags
+    assert [r["tags"] for r in onnx_pred.predict(TEXTS)] == [r["tags"] for r in reference]
 
     assert onnx_pred.guard is not None and onnx_pred.guard.threshold == guard["threshold"]
     assert onnx_pred.guard.fallback.path == folder / "model.onnx"
@@ -305,7 +305,7 @@ def test_int8_falls_back_to_blockwise(ner_run, monkeypatch):
     assert any(n.op_type == "MatMulNBits" for n in __import__("onnx").load(str(model.path)).graph.node)
     torch_tags = [r["tags"] for r in Predictor.from_run(ner_run).predict(TEXTS)]
     onnx_tags = [r["tags"] for r in Predictor.from_run(ner_run, backend="onnx").predict(TEXTS)]
-    assert [len(t) for t in onnx_tags] == [len(t) for t in torch_tags]
+    assert onnx_tags == torch_tags  # blockwise int8, guarded as dynamic is
 
 
 def test_classify_export_matches_torch(classify_run):
