@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser test demo demo-ner demo-classify clean
+.PHONY: setup browser test test-fast demo demo-ner demo-classify clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ browser:
 
 test: setup browser
 	$(BIN)/pytest -q
+
+# The tier without subprocess training, browser or multi-process runs (about 40 s).
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
 
 demo: demo-ner
 
