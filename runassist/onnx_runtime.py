@@ -92,7 +92,7 @@ class OnnxModel:
 
 class Guard:
     """The fp32 twin of an int8 model and the margin below which its answers are re-run there
-    (see the module docstring). Counts the features it saw and re-ran."""
+    (``runassist.export`` explains how the threshold is measured). Counts the features it saw and re-ran."""
 
     def __init__(self, fallback: OnnxModel, threshold: float):
         threshold = float(threshold)
