@@ -103,7 +103,7 @@ def ner_files(tmp_path) -> dict[str, Path]:
 
 
 def ner_overrides(files: dict[str, Path], model: Path, out: Path, **train) -> list[str]:
-    items = [f"task=ner", f"model.source={model}", f"model.max_length=32", f"model.stride=8",
+    items = ["task=ner", f"model.source={model}", "model.max_length=32", "model.stride=8",
              f"data.train={files['train']}", f"data.dev={files['dev']}", f"data.test={files['test']}",
              f"output.dir={out}", "train.batch_size=8", "train.epochs=2", "train.lr=5e-3", "train.threads=1",
              "train.precision=fp32"]

@@ -151,7 +151,7 @@ def test_guard_reruns_exactly_the_close_calls_in_fp32(ner_run):
 
 def test_guard_calibrates_on_dev_when_train_is_gone_and_needs_its_fp32_twin(ner_run, monkeypatch):
     from runassist.errors import DataError
-    from runassist.tasks.ner import NerSection, NerTask
+    from runassist.tasks.ner import NerTask
 
     real = NerTask.read
 
