@@ -42,6 +42,7 @@ class TrainContext:
     tokens: int = 0
     padded_tokens: int = 0
     best_state: dict[str, torch.Tensor] | None = None
+    best_extras: dict[str, Any] | None = None  # state.extras fitted at the best evaluation (thresholds)
     rng: dict[str, Any] | None = None  # generator states at the last step boundary
     eval_due: bool = False  # an evaluation (which checkpoints) follows this step
     in_eval: bool = False
@@ -54,6 +55,7 @@ class TrainContext:
 
     def resumable_state(self) -> dict[str, Any]:
         return {"best": self.best, "bad_evals": self.bad_evals, "extras": self.state.extras,
+                "best_extras": self.best_extras,
                 "train_seconds": self.train_seconds, "tokens": self.tokens, "padded_tokens": self.padded_tokens,
                 "stop_reason": self.stop_reason, "pending_eval": self.in_eval,
                 "pending_epoch": self.eval_epoch}
@@ -125,6 +127,9 @@ class BestModel(Callback):
     def on_eval(self, ctx: TrainContext, info: StepInfo, scores: dict[str, Any]) -> None:
         if ctx.improved:
             ctx.best_state = {k: v.detach().to("cpu", copy=True) for k, v in ctx.bare.state_dict().items()}
+            # The values fitted on dev belong to these weights: a later evaluation refits them for
+            # later weights, which the kept model is not.
+            ctx.best_extras = copy.deepcopy(ctx.state.extras)
             if ctx.engine.is_main:
                 save_model_dir(ctx)
         ctx.engine.wait()

@@ -200,6 +200,9 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
             save_model_dir(ctx)
     else:
         ctx.bare.load_state_dict(ctx.best_state)
+        if ctx.best_extras is not None:  # and the dev-fitted values that go with those weights
+            ctx.state.extras.clear()
+            ctx.state.extras.update(ctx.best_extras)
     test_scores = None
     if splits.test is not None:
         predictions = predict_examples(task, ctx.bare, processor, splits.test, state,
@@ -245,6 +248,7 @@ def _restore(ctx: TrainContext, saved: dict[str, Any]) -> None:
     ctx.padded_tokens = saved.get("padded_tokens", 0)
     ctx.stop_reason = saved.get("stop_reason")
     ctx.best_state = saved.get("best_state")  # the best weights so far, as an uninterrupted run holds them
+    ctx.best_extras = saved.get("best_extras")
 
 
 def _truncate_metrics(run: Path, step: int) -> None:
