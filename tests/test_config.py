@@ -41,7 +41,7 @@ def test_defaults_and_overrides(tmp_path):
     ("train.precision=int4", ["train.precision", "auto", "bf16", "fp16", "fp32"]),
     ("train.freeze=top:2", ["train.freeze", "bottom:N", "head_only"]),
     ("train.batch_size=0", ["train.batch_size", "greater than or equal to 1"]),
-    ("task=qa", ["task.name", "'qa'", "ner", "classify"]),
+    ("task=summarize", ["task.name", "'summarize'", "ner", "classify", "qa", "relations"]),
     ("model.stride=200", ["model.stride", "max_length"]),
     ("nosection.x=1", ["unknown section 'nosection'", "train", "output"]),
     ("train.lr", ["expected section.key=value"]),
@@ -65,7 +65,7 @@ def test_bad_yaml_names_file_and_line(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("task", ["ner", "classify"])
+@pytest.mark.parametrize("task", ["ner", "classify", "qa", "relations"])
 def test_init_comments_every_key_and_loads(task, tmp_path):
     text = render(task)
     cfg = validate_config(yaml.safe_load(text))

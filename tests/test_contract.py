@@ -24,7 +24,7 @@ import pytest
 import torch
 from pydantic import Field
 
-from conftest import REPO, make_ner_sentences, write_conll
+from conftest import REPO, make_ner_sentences, make_qa_rows, write_conll
 from runassist.config import TaskSection
 from runassist.data.records import Split
 from runassist.errors import DataError
@@ -186,7 +186,34 @@ def _score_data(tmp: Path) -> tuple[list[str], list, str]:
     return specs + ["train.lr=3e-3", "train.epochs=12"], ["a great fun movie", "the plot was boring"], "mae"
 
 
-DATA = {"ner": _ner_data, "classify": _classify_data, "text-score": _score_data}
+def _qa_data(tmp: Path) -> tuple[list[str], list, str]:
+    specs = []
+    for split, n, seed in (("train", 96, 0), ("dev", 24, 1), ("test", 24, 2)):
+        path = tmp / f"{split}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in make_qa_rows(n, seed)), encoding="utf-8")
+        specs.append(f"data.{split}={path}")
+    inputs = [{"question": "which person ?", "context": "the movie with mary smith was great"},
+              {"question": "which city ?", "context": "we visited london with john"}]
+    return specs + ["task.no_answer=true", "train.lr=3e-3", "train.epochs=12"], inputs, "f1"
+
+
+def _relations_data(tmp: Path) -> tuple[list[str], list, str]:
+    from conftest import make_relation_rows
+
+    specs = []
+    for split, n, seed in (("train", 60, 0), ("dev", 16, 1), ("test", 16, 2)):
+        path = tmp / f"{split}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in make_relation_rows(n, seed)), encoding="utf-8")
+        specs.append(f"data.{split}={path}")
+    inputs = [{"text": "mary smith works for google", "head": {"start": 0, "end": 10, "type": "PER"},
+               "tail": {"start": 21, "end": 27, "type": "ORG"}},
+              {"text": "john lives in paris", "head": {"start": 0, "end": 4, "type": "PER"},
+               "tail": {"start": 14, "end": 19, "type": "LOC"}}]
+    return specs + ["train.lr=3e-3", "train.epochs=8"], inputs, "f1"
+
+
+DATA = {"ner": _ner_data, "classify": _classify_data, "qa": _qa_data, "relations": _relations_data,
+        "text-score": _score_data}
 
 
 def test_every_task_has_contract_data():
@@ -201,6 +228,12 @@ def _check_answers(task: str, rows: list[dict]) -> None:
         assert any(e["label"] == "PER" and e["text"] == "mary smith" for e in rows[0]["entities"]), rows[0]
     elif task == "classify":
         assert [r["label"] for r in rows] == ["pos", "neg"]
+    elif task == "relations":
+        assert [r["relation"] for r in rows] == ["works_for", "lives_in"], rows
+        assert [r["head"]["text"] for r in rows] == ["mary smith", "john"]
+    elif task == "qa":
+        assert [r["answer"] for r in rows] == ["mary smith", "london"], rows
+        assert all(r["end"] - r["start"] == len(r["answer"]) for r in rows)
     else:  # learned the sign of the words: positive text above zero, negative below
         assert rows[0]["score"] > 0.3 and rows[1]["score"] < -0.3, rows
 
@@ -227,12 +260,18 @@ def test_train_save_load_predict_serve_score(task, plugin, tiny_model, tmp_path)
     assert summary["best"]["value"] == (min(dev) if task == "text-score" else max(dev))
     if task == "text-score":
         assert summary["test"]["mae"] < 0.5, summary["test"]  # targets are -1 / +1: 1.0 is what a constant gets
+    elif task == "qa":
+        assert summary["test"]["f1"] >= 0.75 and "null_threshold" in summary["extras"], summary
     else:
         assert summary["test"][headline] >= 0.75, summary["test"]  # the tiny model learns the word lists
     assert (run / "report.html").is_file()
 
-    text = tmp_path / "inputs.txt"
-    text.write_text("\n".join(inputs) + "\n", encoding="utf-8")
+    if all(isinstance(i, str) for i in inputs):
+        text = tmp_path / "inputs.txt"
+        text.write_text("\n".join(inputs) + "\n", encoding="utf-8")
+    else:  # objects (a question and its context): JSON lines the task reads without answers
+        text = tmp_path / "inputs.jsonl"
+        text.write_text("".join(json.dumps(i) + "\n" for i in inputs), encoding="utf-8")
     done = subprocess.run([*cli, "predict", str(run), str(text), "-o", str(tmp_path / "out.jsonl")], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

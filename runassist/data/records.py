@@ -60,3 +60,32 @@ class Split:
     spec: str
     examples: list[Any]
     problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class QAExample:
+    """A question about a context, for extractive QA.
+
+    ``answers``: each gold answer as (text, character start in ``context``); an empty tuple for a
+    question the context does not answer (SQuAD v2); None for unlabelled input.
+    """
+
+    question: str
+    context: str
+    answers: tuple[tuple[str, int], ...] | None = None
+    id: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class RelationExample:
+    """Two entity mentions of a text and the relation from ``head`` to ``tail``.
+
+    A mention is (character start, end, type or None); ``relation`` is None for unlabelled input.
+    """
+
+    text: str
+    head: tuple[int, int, str | None]
+    tail: tuple[int, int, str | None]
+    relation: str | None = None
+    source: str = ""

@@ -22,8 +22,10 @@ from runassist.errors import ConfigError, RunassistError
 from runassist.tasks.base import Task
 from runassist.tasks.classify import ClassifyTask
 from runassist.tasks.ner import NerTask
+from runassist.tasks.qa import QATask
+from runassist.tasks.relations import RelationsTask
 
-TASKS: dict[str, type] = {"ner": NerTask, "classify": ClassifyTask}
+TASKS: dict[str, type] = {"ner": NerTask, "classify": ClassifyTask, "qa": QATask, "relations": RelationsTask}
 ENTRY_POINTS = "runassist.tasks"
 
 

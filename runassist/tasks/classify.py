@@ -32,6 +32,7 @@ from runassist.data.records import Split, TextExample
 from runassist.errors import ConfigError, DataError, RunassistError
 from runassist.tasks.base import Capabilities, Feature, TaskState, pad_inputs, softmax
 from runassist.tasks.default import BaseTask
+from runassist.tasks.layout import PairLayout
 from runassist.tasks.windows import window_starts
 
 DEFAULT_THRESHOLD = 0.5  # multi-label: until thresholds are tuned on dev
@@ -144,9 +145,9 @@ class ClassifyTask(BaseTask):
         firsts = _ids(tokenizer, [ex.text for ex in examples])
         paired = [i for i, ex in enumerate(examples) if ex.text_pair is not None]
         seconds = dict(zip(paired, _ids(tokenizer, [examples[i].text_pair for i in paired])))
-        layouts = {False: _Layout.probe(tokenizer, pair=False)}
+        layouts = {False: PairLayout.probe(tokenizer, pair=False)}
         if paired:
-            layouts[True] = _Layout.probe(tokenizer, pair=True)
+            layouts[True] = PairLayout.probe(tokenizer, pair=True)
 
         features: list[Feature] = []
         for index, ex in enumerate(examples):
@@ -451,50 +452,6 @@ def _mean_logits(n: int, features: Sequence[Feature], logits: Sequence[np.ndarra
     if (counts == 0).any():
         raise ValueError(f"example {int(np.argmin(counts))} has no features to decode")
     return sums / counts[:, None]
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Where a tokenizer puts its special tokens around one text or a pair, and the token
-    type ids of each part: ``[CLS] a [SEP]`` / ``[CLS] a [SEP] b [SEP]`` (types 0.. 1..) for BERT,
-    ``<s> a </s></s> b </s>`` for RoBERTa. Found by encoding a probe, like ``special_tokens``."""
-
-    fixed: tuple[tuple[int, ...], ...]  # special tokens before a, (between a and b,) after the last text
-    fixed_types: tuple[tuple[int, ...], ...]
-    text_types: tuple[int, ...]  # token type id of a (and of b)
-
-    @classmethod
-    def probe(cls, tokenizer: Any, *, pair: bool) -> "_Layout":
-        probe = tokenizer("a", add_special_tokens=False)["input_ids"]
-        encoded = tokenizer("a", "a" if pair else None, return_token_type_ids=True)
-        full = list(encoded["input_ids"])
-        types = list(encoded.get("token_type_ids") or [0] * len(full))
-        starts: list[int] = []
-        pos = 0
-        for _ in range(2 if pair else 1):
-            found = next((s for s in range(pos, len(full) - len(probe) + 1) if full[s:s + len(probe)] == probe), None)
-            if not probe or found is None:
-                raise RunassistError("model.source: cannot tell where this tokenizer puts the text among its "
-                                     f"special tokens (encoding 'a' gave {full})")
-            starts.append(found)
-            pos = found + len(probe)
-        bounds = [0] + [b for s in starts for b in (s, s + len(probe))] + [len(full)]
-        spans = [(bounds[i], bounds[i + 1]) for i in range(0, len(bounds), 2)]
-        return cls(fixed=tuple(tuple(full[s:e]) for s, e in spans),
-                   fixed_types=tuple(tuple(types[s:e]) for s, e in spans),
-                   text_types=tuple(types[s] for s in starts))
-
-    @property
-    def n_special(self) -> int:
-        return sum(len(part) for part in self.fixed)
-
-    def join(self, a: list[int], b: list[int] | None) -> tuple[list[int], list[int]]:
-        ids = [*self.fixed[0], *a]
-        types = [*self.fixed_types[0], *[self.text_types[0]] * len(a)]
-        if b is not None:
-            ids += [*self.fixed[1], *b]
-            types += [*self.fixed_types[1], *[self.text_types[1]] * len(b)]
-        return ids + list(self.fixed[-1]), types + list(self.fixed_types[-1])
 
 
 Parts = list[tuple[list[int], list[int] | None]]  # the (a, b) token ids of each window, specials not added

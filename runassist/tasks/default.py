@@ -175,6 +175,17 @@ class BaseTask:
         return [self.example_from_input("runassist exports this model to onnx ."),
                 self.example_from_input("a short one")]
 
+    # -- following another run (`runassist predict FIRST,THIS`) -------------------------------------
+    def chain_examples(self, item: Any, upstream: dict[str, Any]) -> list[Any]:
+        """The examples this task makes of one input and another run's prediction for it (a relation
+        run pairs the entities a NER run found)."""
+        raise ValueError(f"a {self.name} run cannot follow another run")
+
+    def chain_json(self, item: Any, upstream: dict[str, Any], examples: Sequence[Any],
+                   predictions: Sequence[Any]) -> dict[str, Any]:
+        """One input's answer from the other run's prediction and this task's predictions."""
+        raise ValueError(f"a {self.name} run cannot follow another run")
+
     # -- check-data ------------------------------------------------------------------------------
     def split_stats(self, spec: str, examples: Sequence[Any]) -> SplitStats:
         """What one split holds: examples, words, label counts, length percentiles."""

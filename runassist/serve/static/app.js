@@ -9,7 +9,7 @@
 const PALETTE = ["#7aecec", "#bfeeb7", "#feca74", "#ff9561", "#aa9cfc", "#c887fb", "#9cc9cc", "#ffeb80",
                  "#ff8197", "#f0d0ff", "#e4e7d2", "#bfe1d9", "#e2b4a6", "#c5d1f7"];
 const $ = (id) => document.getElementById(id);
-const state = { info: null, types: [], fields: null, key: sessionStorage.getItem("runassist-api-key") || "" };
+const state = { info: null, types: [], fields: null, json: [], key: sessionStorage.getItem("runassist-api-key") || "" };
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -111,20 +111,27 @@ function renderForm(itemSchema) {
     return;
   }
   state.fields = fields;
+  state.json = fields.filter((n) => object.properties[n].type !== "string");  // typed as JSON, e.g. a span
   for (const name of fields) {
     const rows = name === "context" || name === "text" ? "6" : "2";
-    form.append(el("label", { for: `field-${name}` }, name),
+    const hint = state.json.includes(name) ? " (JSON, e.g. {\"start\": 0, \"end\": 4})" : "";
+    form.append(el("label", { for: `field-${name}` }, name + hint),
                 el("textarea", { id: `field-${name}`, "data-field": name, rows,
-                                 placeholder: object.properties[name].description || name }));
+                                 placeholder: (object.properties[name].description || name) + hint }));
   }
 }
 
 function readInput() {
   if (!state.fields) return { item: $("input").value, text: $("input").value };
   const item = {};
-  for (const name of state.fields) item[name] = $(`field-${name}`).value;
+  for (const name of state.fields) {
+    const value = $(`field-${name}`).value;
+    if (!state.json.includes(name)) { item[name] = value; continue; }
+    try { item[name] = JSON.parse(value); } catch (e) { throw new Error(`${name}: not valid JSON`); }
+  }
   // Offsets in a prediction point into the longest field (a QA answer into its context).
-  const text = state.fields.map((n) => item[n]).reduce((a, b) => (b.length > a.length ? b : a), "");
+  const text = state.fields.filter((n) => typeof item[n] === "string").map((n) => item[n])
+    .reduce((a, b) => (b.length > a.length ? b : a), "");
   return { item, text };
 }
 
@@ -174,7 +181,8 @@ function renderProbs(prediction) {
 }
 
 async function predict() {
-  const { item, text } = readInput();
+  let item, text;
+  try { ({ item, text } = readInput()); } catch (e) { showError(e.message); return; }
   if (!text.trim()) { showError("type some text first"); return; }
   showError("");
   $("submit").disabled = true;
