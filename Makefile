@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser test test-fast demo demo-ner demo-classify clean
+.PHONY: setup browser test test-fast demo demo-ner demo-classify demo-qa clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,3 +56,9 @@ demo-classify: setup
 	run=$$($(BIN)/runassist train examples/classify-rotten-tomatoes.yaml --quiet) && \
 	printf '%s\n' "A warm, funny and beautifully acted film." "Two hours of my life I will never get back." \
 	  | $(BIN)/runassist predict $$run - && echo "run folder: $$run"
+
+demo-qa: setup
+	run=$$($(BIN)/runassist train examples/qa-wnut16.yaml --quiet) && \
+	printf '%s\n' '{"question": "Which person is mentioned?", "context": "Barack Obama flew to Paris with Google engineers ."}' \
+	               '{"question": "Which movie is mentioned?", "context": "Barack Obama flew to Paris with Google engineers ."}' \
+	  > $$run/demo-questions.jsonl && $(BIN)/runassist predict $$run $$run/demo-questions.jsonl && echo "run folder: $$run"

@@ -267,6 +267,8 @@ def _test(info: _Run, images: dict[str, bytes]) -> str:
         table = _table(["label", "precision", "recall", "f1", "support", *extra_cols], rows, cls="per-label")
         chart = _img(images, "per_label_f1.png", "test F1 per label")
         body = f'<div class="split"><div>{table}</div><div>{chart}</div></div>'
+    elif not info.labels:  # a task without a label set (QA, generation): nothing per label to show
+        return f"<section><h2>{title}</h2>{headline}</section>"
     else:
         body = _missing("No per-label scores: eval/<split>.json is missing; run `runassist evaluate RUN`.")
     return f"<section><h2>{title}</h2>{headline}<h3>Per label</h3>{body}</section>"
