@@ -20,8 +20,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Fine-tune a pretrained model on your labelled data, evaluate it, serve it.")
 runs_app = typer.Typer(add_completion=False, help="List, show and compare run folders.", invoke_without_command=True)
 app.add_typer(runs_app, name="runs")
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# User text (paths, tokens, tags, labels, config values) reaches these consoles: every message
+# escapes it (rich.markup.escape) and emoji codes stay text (":smile:" is a tag, not a face).
+out = Console(soft_wrap=True, emoji=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False, highlight=False)
 
 
 def _json(data) -> None:
@@ -84,7 +86,8 @@ def env(as_json: bool = typer.Option(False, "--json", help="print one JSON objec
 @app.command()
 def init(task: Optional[str] = typer.Argument(None, help="a task name; --list shows them"),
          output: Optional[Path] = typer.Option(None, "-o", "--output", help="file to write (default: stdout)"),
-         list_tasks: bool = typer.Option(False, "--list", help="list the tasks (built-in and plugins)")) -> None:
+         list_tasks: bool = typer.Option(False, "--list", help="list the tasks (built-in and plugins)"),
+         force: bool = typer.Option(False, "--force", help="overwrite OUTPUT if it exists")) -> None:
     """Write a config for TASK with a comment on every key."""
     from runassist.atomic import atomic_write
     from runassist.init_config import render
@@ -98,11 +101,13 @@ def init(task: Optional[str] = typer.Argument(None, help="a task name; --list sh
             raise typer.Exit(2)
         return
     text = render(task)
+    if output is not None and output.exists() and not force:
+        raise RunassistError(f"{output} exists (an edited config, maybe); choose another -o, or --force to overwrite it")
     if output is None:
         sys.stdout.write(text)
     else:
         atomic_write(output, text)
-        err.print(f"wrote {output}; next: runassist check-data {output} && runassist train {output}")
+        err.print(escape(f"wrote {output}; next: runassist check-data {output} && runassist train {output}"))
 
 
 @app.command()
@@ -199,14 +204,15 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (not n
         from runassist.report import write_report
 
         try:
-            err.print(f"report: {write_report(result.run)}")
+            err.print(escape(f"report: {write_report(result.run)}"))
         except Exception as exc:  # the run itself is complete and saved; a report failure must not hide that
-            err.print(f"[yellow]warning[/]: the report could not be written ({exc}); try `runassist report {result.run}`")
+            err.print("[yellow]warning[/]: " + escape(f"the report could not be written ({exc}); try "
+                                                     f"`runassist report {result.run}`"))
     test = summary.get("test") or {}
     best = summary.get("best") or {}
-    err.print(f"stopped: {summary['stopped_because']}; best dev {best.get('metric')} = {_fmt(best.get('value'))} "
+    err.print(escape(f"stopped: {summary['stopped_because']}; best dev {best.get('metric')} = {_fmt(best.get('value'))} "
               f"at step {best.get('step')}; test {best.get('metric')} = {_fmt(test.get(best.get('metric')))}; "
-              f"{summary['tokens_per_second']:,.0f} tokens/s")
+              f"{summary['tokens_per_second']:,.0f} tokens/s"))
     print(result.run)
 
 
@@ -233,7 +239,7 @@ def evaluate(run: Path, data: Optional[str] = typer.Option(None, "--data", help=
         _json(result)
         return
     _print_scores(result["scores"], title=f"{run.name} on {result['data']}")
-    err.print(f"wrote {result['files']['scores']} and {result['files']['predictions']}")
+    err.print(escape(f"wrote {result['files']['scores']} and {result['files']['predictions']}"))
 
 
 def _print_scores(scores: dict, *, title: str) -> None:
@@ -332,7 +338,7 @@ def report(run: Path, output: Optional[Path] = typer.Option(None, "-o", "--outpu
     from runassist.report import write_report
 
     path = write_report(run, output=output)
-    err.print(f"wrote {path}")
+    err.print(escape(f"wrote {path}"))
 
 
 @app.command()
@@ -348,7 +354,7 @@ def export(run: Path, fmt: str = typer.Option("onnx", "--format", help="onnx"),
         _json(result)
     else:
         for key, value in result.items():
-            out.print(f"{key}: {value}")
+            out.print(escape(f"{key}: {value}"))
     if not result.get("passed", True):
         raise typer.Exit(1)
 

@@ -86,6 +86,12 @@ def test_init_then_override_through_the_cli(tmp_path):
     done = subprocess.run([*CLI, "init", "ner", "-o", str(out)], env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert load_config(out, ["train.lr=1e-4"]).train.lr == 1e-4
+    out.write_text(out.read_text() + "# my edits\n")
+    again = subprocess.run([*CLI, "init", "ner", "-o", str(out)], env=ENV, capture_output=True, text=True)
+    assert again.returncode == 2 and "exists" in again.stderr and "--force" in again.stderr
+    assert out.read_text().endswith("# my edits\n")  # an edited config is never overwritten silently
+    forced = subprocess.run([*CLI, "init", "ner", "-o", str(out), "--force"], env=ENV, capture_output=True, text=True)
+    assert forced.returncode == 0 and not out.read_text().endswith("# my edits\n")
     done = subprocess.run([*CLI, "train", str(out), "train.lrr=1"], env=ENV, capture_output=True, text=True)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr

@@ -189,7 +189,7 @@ class Progress(Callback):
             return
         mark = " *" if ctx.improved else ""
         self.bar.console.print(f"step {info.position.step} epoch {info.epoch_float:.2f}: dev {ctx.metric} "
-                               f"{scores[ctx.metric]:.4f}{mark}")
+                               f"{scores[ctx.metric]:.4f}{mark}", markup=False, emoji=False, highlight=False)
 
     def stop(self) -> None:
         if self.bar is not None:
