@@ -192,6 +192,10 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (not n
         raise RunassistError("--resume continues a run with its own saved config; to train on new data, "
                              "start a new run with model.source=RUN/model")
     cfg = load_config(config, overrides or []) if resume is None else None
+    if resume is not None and not (resume / "checkpoints" / "last" / "state.json").exists() \
+            and not (resume / "checkpoints" / ".last.old" / "state.json").exists():
+        err.print(escape(f"{resume}: no checkpoint yet (killed before its first one): it starts over from step 0 "
+                         "with its own config and seed"))
     try:
         result = run_training(cfg, resume=resume, progress=not quiet)
     except KeyboardInterrupt:
@@ -298,6 +302,9 @@ def runs_list(ctx: typer.Context, base: Path = typer.Option(Path("runs"), "--dir
         return
     columns = ["name", "task", "model", "status", "metric", "dev", "test", "date"]
     _show(f"runs in {base}", columns, [[row[c] for c in columns] for row in rows])
+    for row in rows:
+        if row["status"] == "interrupted":
+            err.print(escape(f"{row['name']}: interrupted; continue it with `runassist train --resume {row['path']}`"))
 
 
 @runs_app.command("show")
@@ -306,7 +313,12 @@ def runs_show(run: Path, as_json: bool = typer.Option(False, "--json")) -> None:
     from runassist.atomic import read_json
     from runassist.runs import require
 
+    from runassist.runs import live_status
+
     summary = read_json(require(run, "summary.json") / "summary.json")
+    summary["status"] = live_status(summary)
+    if summary["status"] == "interrupted":
+        summary["resume_with"] = f"runassist train --resume {run}"
     if as_json:
         _json(summary)
         return

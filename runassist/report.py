@@ -101,8 +101,12 @@ def _load(run: Path) -> _Run:
     info.summary = _read_json(run / "summary.json", info, "the run summary") or {}
     if not info.summary:
         info.missing.append("summary.json is missing: training did not start or was killed early")
-    elif info.summary.get("status") == "running":
-        info.missing.append("summary.json says the run is still running (or was killed): results are partial")
+    elif runs.live_status(info.summary) == "running":
+        info.missing.append("the run is still running: results are partial")
+    elif runs.live_status(info.summary) == "interrupted":
+        info.summary = {**info.summary, "status": "interrupted"}
+        info.missing.append(f"the run was interrupted (its process is gone): results are partial; continue it with "
+                            f"`runassist train --resume {run}`")
     info.env = _read_json(run / "env.json", info, "the environment")
     if info.env is None:
         info.missing.append("env.json is missing: the environment is not shown")

@@ -17,6 +17,8 @@ Every file is written to a temporary name and renamed, so a crash never leaves a
 from __future__ import annotations
 
 import json
+import os
+import socket
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
@@ -57,6 +59,31 @@ def new_path(output: OutputConfig, task: str) -> Path:
         n += 1
         run = base / f"{stamp}-{task}-{n}"
     return run
+
+
+def owner() -> dict[str, Any]:
+    """The process that runs a training: recorded in summary.json while it runs, so `runs` can tell a
+    run in progress from one whose process was killed."""
+    import psutil
+
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": psutil.Process().create_time()}
+
+
+def live_status(summary: dict[str, Any]) -> str:
+    """``summary["status"]``, except that a run whose training process is gone is ``interrupted``
+    (a kill -9 or a lost machine leaves "running" on disk). A run owned by another host, or one
+    written before owners were recorded, cannot be checked and stays "running"."""
+    import psutil
+
+    status = summary.get("status", "no summary")
+    own = summary.get("owner")
+    if status != "running" or not isinstance(own, dict) or own.get("host") != socket.gethostname():
+        return status
+    try:
+        alive = abs(psutil.Process(int(own["pid"])).create_time() - float(own["started"])) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, TypeError, ValueError):
+        alive = False
+    return "running" if alive else "interrupted"
 
 
 def append_metrics(run: Path, record: dict[str, Any]) -> None:
@@ -123,7 +150,7 @@ def describe(run: Path) -> dict[str, Any]:
         "path": str(run),
         "task": summary.get("task", task),
         "model": summary.get("model", model),
-        "status": summary.get("status", "no summary"),
+        "status": live_status(summary),
         "metric": metric,
         "dev": best.get("value"),
         "test": test.get(metric) if metric else None,

@@ -24,31 +24,56 @@ def _cmd(files, model, out, name, **kw):
             *ner_overrides(files, model, out, **kw), f"output.name={name}"]
 
 
-# `runassist train` that cannot pass step $GATE_STEP: when that step's callbacks are done it writes
-# $GATE_FILE and waits for the test's signal. No timing to race: the signal always lands there.
+# `runassist train` held at one moment: when it gets there it writes $GATE_FILE and waits for the
+# test's signal, so no timing can race. $GATE_KIND: "step" (after step $GATE_AT's callbacks),
+# "write" (inside the $GATE_AT-th checkpoint of this process, its weights written, the rest not),
+# "swap" (between the two renames that put that checkpoint in place).
 GATED = """
 import os, sys, time
 from pathlib import Path
-from runassist.train import callbacks
-marker, gate = Path(os.environ["GATE_FILE"]), int(os.environ["GATE_STEP"])
-real = callbacks.Checkpoint.on_step
-def on_step(self, ctx, info):
-    real(self, ctx, info)
-    if info.position.step == gate:
-        marker.write_text(str(gate))
-        while True:
-            time.sleep(0.05)
-callbacks.Checkpoint.on_step = on_step
+from runassist.train import callbacks, checkpoint
+marker, kind, at = Path(os.environ["GATE_FILE"]), os.environ["GATE_KIND"], int(os.environ["GATE_AT"])
+calls = [0]
+def hold():
+    marker.write_text(kind)
+    while True:
+        time.sleep(0.05)
+if kind == "step":
+    real_step = callbacks.Checkpoint.on_step
+    def on_step(self, ctx, info):
+        real_step(self, ctx, info)
+        if info.position.step == at:
+            hold()
+    callbacks.Checkpoint.on_step = on_step
+else:
+    real_write, real_swap = checkpoint.save_model, checkpoint.swap_folder
+    def save_model(model, path):
+        real_write(model, path)
+        calls[0] += 1
+        if kind == "write" and calls[0] == at:
+            hold()
+    def swap_folder(staged, target):
+        if kind == "swap" and calls[0] == at:
+            old = target.with_name(f".{target.name}.old")
+            if target.exists():
+                target.rename(old)
+            hold()
+        real_swap(staged, target)
+    checkpoint.save_model, checkpoint.swap_folder = save_model, swap_folder
 from runassist.cli import main
 main()
 """
 
 
-def _gated(files, model, out, name, *, step: int, **kw) -> tuple[subprocess.Popen, "os.PathLike"]:
+def _gated(files, model, out, name, *, step: int = 0, kind: str = "step", at: int | None = None, resume: bool = False,
+           **kw) -> tuple[subprocess.Popen, "os.PathLike"]:
     marker = out.parent / f"{name}.gate"
-    cmd = [sys.executable, "-c", GATED, *_cmd(files, model, out, name, **kw)[3:]]
-    proc = subprocess.Popen(cmd, env={**ENV, "GATE_FILE": str(marker), "GATE_STEP": str(step)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    marker.unlink(missing_ok=True)
+    args = ["train", "--quiet", "--no-report", "--resume", str(out / name)] if resume \
+        else _cmd(files, model, out, name, **kw)[3:]
+    env = {**ENV, "GATE_FILE": str(marker), "GATE_KIND": kind, "GATE_AT": str(at if at is not None else step)}
+    proc = subprocess.Popen([sys.executable, "-c", GATED, *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not marker.exists():
         assert proc.poll() is None, proc.stderr.read()[-2000:]
@@ -95,13 +120,14 @@ def test_kill_and_resume_matches_uninterrupted(ner_files, tiny_model, tmp_path):
     assert steps1 == steps2
 
 
-def test_resume_refuses_new_config_and_missing_checkpoint(tmp_path):
+def test_resume_refuses_a_new_config_and_restarts_without_a_checkpoint(tmp_path):
     done = subprocess.run([*RUNASSIST, "train", "x.yaml", "--resume", str(tmp_path)], env=ENV,
                           capture_output=True, text=True)
     assert done.returncode == 2 and "model.source=RUN/model" in done.stderr
     (tmp_path / "config.yaml").write_text("task: ner\n")
     done = subprocess.run([*RUNASSIST, "train", "--resume", str(tmp_path)], env=ENV, capture_output=True, text=True)
-    assert done.returncode == 2 and "no checkpoint" in done.stderr
+    # killed before its first checkpoint: it starts over with its own config (here, one without data)
+    assert done.returncode == 2 and "starts over from step 0" in done.stderr and "data.train" in done.stderr
 
 
 @pytest.mark.slow
@@ -119,3 +145,54 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(ner_files, tiny_model, tm
                           env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "int" / "summary.json").read_text())["steps"] == 120
+
+
+def _status(out, name) -> str:
+    done = subprocess.run([*RUNASSIST, "runs", "--dir", str(out), "--json"], env=ENV, capture_output=True, text=True)
+    return {row["name"]: row["status"] for row in json.loads(done.stdout)}[name]
+
+
+def _checkpoint_step(run) -> int | None:
+    for folder in ("last", ".last.old"):
+        state = run / "checkpoints" / folder / "state.json"
+        if state.exists():
+            return json.loads(state.read_text())["position"]["step"]
+    return None
+
+
+@pytest.mark.slow
+def test_five_kills_at_random_moments_then_the_uninterrupted_weights(ner_files, tiny_model, tmp_path):
+    """kill -9 at five seeded moments: before the first checkpoint, mid-step, while a checkpoint's files
+    are written and between the renames that swap it in. `runs` says interrupted each time; resuming
+    each time ends with the weights, the best model and the metrics rows of a run never killed."""
+    import random
+
+    out = tmp_path / "runs"
+    subprocess.run(_cmd(ner_files, tiny_model, out, "straight", **SETTINGS), check=True, env=ENV,
+                   capture_output=True, text=True)
+    rng = random.Random(19)
+    moments = [("step", rng.randint(2, 9))]  # before the first checkpoint (step 10): the run starts over
+    for kind in rng.sample(["step", "write", "swap", "write"], 4):
+        moments.append((kind, rng.randint(1, 3)))
+    done_steps = 0
+    for n, (kind, at) in enumerate(moments):
+        step = done_steps + rng.randint(1, 25) if kind == "step" and n else at
+        proc, _ = _gated(ner_files, tiny_model, out, "killed", kind=kind, at=step, resume=n > 0, **SETTINGS)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _status(out, "killed") == "interrupted", (n, kind, step)
+        done_steps = _checkpoint_step(out / "killed") or 0
+        assert done_steps < 120, "the run finished before its last kill; move the moments earlier"
+    assert _checkpoint_step(out / "killed") is not None
+    finished = subprocess.run([*RUNASSIST, "train", "--quiet", "--no-report", "--resume", str(out / "killed")],
+                              env=ENV, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert _status(out, "killed") == "finished"
+    for name in ("model/model.safetensors", "checkpoints/last/model.safetensors"):
+        a, b = load_file(out / "straight" / name), load_file(out / "killed" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    rows = {n: [json.loads(x) for x in (out / n / "metrics.jsonl").read_text().splitlines()]
+            for n in ("straight", "killed")}
+    assert [(r["kind"], r["step"]) for r in rows["killed"]] == [(r["kind"], r["step"]) for r in rows["straight"]]
+    elapsed = [r["elapsed"] for r in rows["killed"]]
+    assert elapsed == sorted(elapsed)  # one clock across the resumes, not restarting at each

@@ -47,18 +47,41 @@ class TrainContext:
     eval_due: bool = False  # an evaluation (which checkpoints) follows this step
     in_eval: bool = False
     eval_epoch: float = 0.0
+    # What an evaluation changes (best, patience, fitted values), as it was before the evaluation in
+    # progress: a checkpoint an interrupt takes mid-evaluation holds this, and the resumed run
+    # evaluates again from it, so no evaluation counts twice towards patience.
+    before_eval: dict[str, Any] | None = None
+    elapsed_offset: float = 0.0  # wall seconds of the run before this process resumed it
     train_features: list[Any] | None = None
 
     @property
     def bare(self) -> torch.nn.Module:
         return self.engine.unwrap(self.model)
 
-    def resumable_state(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_evals": self.bad_evals, "extras": self.state.extras,
-                "best_extras": self.best_extras,
-                "train_seconds": self.train_seconds, "tokens": self.tokens, "padded_tokens": self.padded_tokens,
-                "stop_reason": self.stop_reason, "pending_eval": self.in_eval,
-                "pending_epoch": self.eval_epoch}
+    @property
+    def elapsed(self) -> float:
+        """Wall seconds since the run started, across resumes."""
+        return self.elapsed_offset + time.perf_counter() - self.started
+
+    def evaluation_starts(self, epoch: float) -> None:
+        self.before_eval = {"best": copy.deepcopy(self.best), "bad_evals": self.bad_evals,
+                            "extras": copy.deepcopy(self.state.extras), "best_extras": copy.deepcopy(self.best_extras),
+                            "stop_reason": self.stop_reason, "best_state": self.best_state}
+        self.in_eval, self.eval_epoch = True, epoch
+
+    def evaluation_ends(self) -> None:
+        self.in_eval, self.before_eval = False, None
+
+    def resumable_state(self, *, pending: bool = False) -> dict[str, Any]:
+        """What a checkpoint holds besides tensors. ``pending``: taken mid-evaluation: the state as it
+        was before that evaluation, marked to be evaluated again on resume."""
+        mine = {"best": self.best, "bad_evals": self.bad_evals, "extras": self.state.extras,
+                "best_extras": self.best_extras, "stop_reason": self.stop_reason}
+        if pending and self.before_eval is not None:
+            mine = {k: v for k, v in self.before_eval.items() if k != "best_state"}
+        return {**mine, "train_seconds": self.train_seconds, "tokens": self.tokens,
+                "padded_tokens": self.padded_tokens, "elapsed": round(self.elapsed, 2),
+                "pending_eval": pending, "pending_epoch": self.eval_epoch}
 
 
 class Callback:
@@ -84,7 +107,7 @@ class MetricsLog(Callback):
         row = {"kind": "train", "step": info.position.step, "epoch": round(info.epoch_float, 4),
                "loss": round(loss, 6), "lr": info.lr,
                "tokens_per_second": round(self._window_tokens / max(now - self._window_start, 1e-9), 1),
-               "elapsed": round(now - ctx.started, 2)}
+               "elapsed": round(ctx.elapsed, 2)}
         ctx.last_loss = loss  # type: ignore[attr-defined]
         self._window_tokens, self._window_start = 0, now
         if ctx.engine.is_main:
@@ -95,7 +118,7 @@ class MetricsLog(Callback):
             flat = {k: v for k, v in scores.items() if isinstance(v, (int, float))}
             runs.append_metrics(ctx.run, {"kind": "eval", "split": "dev", "step": info.position.step,
                                           "epoch": round(info.epoch_float, 4), **flat,
-                                          "elapsed": round(time.perf_counter() - ctx.started, 2)})
+                                          "elapsed": round(ctx.elapsed, 2)})
         self._window_start = time.perf_counter()  # evaluation time is not training time
 
 
@@ -150,11 +173,13 @@ class Checkpoint(Callback):
         self.save(ctx, info.position)
 
     @staticmethod
-    def save(ctx: TrainContext, position: Position) -> None:
+    def save(ctx: TrainContext, position: Position, *, pending: bool = False) -> None:
+        """``pending``: an interrupt cut the evaluation at ``position`` short (see TrainContext.before_eval)."""
         if ctx.engine.is_main:
+            best = ctx.before_eval["best_state"] if pending and ctx.before_eval is not None else ctx.best_state
             checkpoint.save(ctx.run / "checkpoints" / "last", model=ctx.bare, optimizer=ctx.optimizer,
-                            scheduler=ctx.scheduler, position=position, state=ctx.resumable_state(),
-                            rng=ctx.rng, best=ctx.best_state)
+                            scheduler=ctx.scheduler, position=position, state=ctx.resumable_state(pending=pending),
+                            rng=ctx.rng, best=best)
         ctx.engine.wait()
 
 

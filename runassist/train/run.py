@@ -60,11 +60,11 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     from runassist import env
     from runassist.assets import resolve_model
 
+    found = None
     if resume is not None:
         resume = runs.require(Path(resume), "config.yaml")
+        # None: killed before its first checkpoint; the run starts over, with its own config and seed.
         found = checkpoint.find(resume / "checkpoints" / "last")
-        if found is None:
-            raise RunassistError(f"{resume}: no checkpoint to resume from (checkpoints/last is missing)")
         status = read_json(resume / "summary.json").get("status") if (resume / "summary.json").exists() else None
         if status == "finished":
             raise RunassistError(f"{resume}: the run already finished; nothing to resume (to train on, start a "
@@ -87,7 +87,8 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     run = resume or _create_run(cfg, engine)
     if engine.is_main:
         write_json(run / "labels.json", {"task": task.name, "labels": state.labels})
-        write_json(run / "summary.json", {"task": task.name, "model": cfg.model.source, "status": "running"})
+        write_json(run / "summary.json", {"task": task.name, "model": cfg.model.source, "status": "running",
+                                          "owner": runs.owner()})
 
     # Tokenised once per (data, tokenizer, settings) and shared by every run under output.dir.
     cache_dir = Path(cfg.output.dir) / ".cache"
@@ -124,12 +125,14 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
                        merge_lora=tc.lora.merge if tc.lora else True, train_features=train_features)
     start = Position()
     pending_eval: float | None = None  # the epoch of an evaluation an interrupt cut short
-    if resume is not None:
+    if resume is not None and found is None and engine.is_main:
+        atomic_write(run / "metrics.jsonl", "")  # what the killed start logged is logged again
+    if found is not None:
         start, saved = checkpoint.load(found, model=ctx.bare, optimizer=optimizer, scheduler=scheduler)
         _restore(ctx, saved)
         pending_eval = saved.get("pending_epoch") if saved.get("pending_eval") else None
         if engine.is_main:
-            _truncate_metrics(run, start.step)
+            _truncate_metrics(run, start.step, evaluated=pending_eval is None)
 
     bar = Progress(enabled=progress)
     callbacks = [MetricsLog(tc.log_every), EarlyStopping(patience=es.patience if es else None,
@@ -140,11 +143,11 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     collate = lambda fs: task.collate(fs, processor)  # noqa: E731
 
     def evaluate(info: StepInfo) -> None:
-        ctx.in_eval, ctx.eval_epoch = True, info.epoch_float
+        ctx.evaluation_starts(info.epoch_float)
         scores = _dev_scores(ctx, splits.dev, dev_features)
         for cb in callbacks:
             cb.on_eval(ctx, info, scores)
-        ctx.in_eval = False
+        ctx.evaluation_ends()
 
     bar.start(ctx, start.step)
     info = None
@@ -181,7 +184,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     except KeyboardInterrupt:
         bar.stop()
         if info is not None:
-            Checkpoint.save(ctx, info.position)
+            Checkpoint.save(ctx, info.position, pending=ctx.in_eval)
         _write_summary(ctx, cfg, status="interrupted", stopped="interrupted (Ctrl-C); resume with --resume",
                        frozen=frozen, n_train=len(train_features))
         raise
@@ -249,13 +252,16 @@ def _restore(ctx: TrainContext, saved: dict[str, Any]) -> None:
     ctx.stop_reason = saved.get("stop_reason")
     ctx.best_state = saved.get("best_state")  # the best weights so far, as an uninterrupted run holds them
     ctx.best_extras = saved.get("best_extras")
+    ctx.elapsed_offset = saved.get("elapsed", 0.0)
 
 
-def _truncate_metrics(run: Path, step: int) -> None:
-    """Drop rows a killed run wrote after its last checkpoint; the resumed run writes them again."""
+def _truncate_metrics(run: Path, step: int, *, evaluated: bool = True) -> None:
+    """Drop rows a killed run wrote after its last checkpoint; the resumed run writes them again.
+    ``evaluated=False``: the evaluation at ``step`` is done again, so its row goes too."""
     import json
 
-    rows = [r for r in runs.read_metrics(run) if r.get("step", 0) <= step]
+    rows = [r for r in runs.read_metrics(run)
+            if r.get("step", 0) < step or (r.get("step", 0) == step and (evaluated or r.get("kind") != "eval"))]
     atomic_write(run / "metrics.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
