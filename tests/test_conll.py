@@ -26,16 +26,39 @@ def test_columns_docstart_and_blank_lines(tmp_path):
         "EU NNP B-NP B-ORG\n"           # 3  spaces, extra columns: tag is the last one
         "rejects VBZ B-VP O\n"          # 4
         "\n\n"                          # 5, 6: several blank lines are one break
-        "New York\tB-LOC\n"             # 7  tab-separated: the token keeps its space
-        "is\tO\n"                       # 8
-        " \t \n"                        # 9  white space only is a break too
-        "-DOCSTART-\tO\n"               # 10
-        "Peter\tB-PER\n"                # 11
+        "Peter NNP B-NP B-PER\n"        # 7
     ))
     examples = read_conll(path)
-    assert [ex.tokens for ex in examples] == [("EU", "rejects"), ("New York", "is"), ("Peter",)]
-    assert [ex.tags for ex in examples] == [("B-ORG", "O"), ("B-LOC", "O"), ("B-PER",)]
-    assert [ex.source for ex in examples] == [f"{path}:3", f"{path}:7", f"{path}:11"]
+    assert [ex.tokens for ex in examples] == [("EU", "rejects"), ("Peter",)]
+    assert [ex.tags for ex in examples] == [("B-ORG", "O"), ("B-PER",)]
+    assert [ex.source for ex in examples] == [f"{path}:3", f"{path}:7"]
+    tabs = _write(tmp_path, "b.conll", (
+        "New York\tB-LOC\n"             # 1  tab-separated: the token keeps its space
+        "is\tO\n"                       # 2
+        " \t \n"                        # 3  white space only is a break too
+        "-DOCSTART-\tO\n"               # 4
+        "Peter\tB-PER\n"                # 5
+    ))
+    examples = read_conll(tabs)
+    assert [ex.tokens for ex in examples] == [("New York", "is"), ("Peter",)]
+    assert [ex.source for ex in examples] == [f"{tabs}:1", f"{tabs}:5"]
+
+
+def test_a_line_laid_out_unlike_the_file_is_malformed(tmp_path):
+    """In token<TAB>tag files a space-separated line would lose a word silently; lines whose column
+    count differs are reported too; check-data lists every one, training stops at the first."""
+    path = _write(tmp_path, "mix.conll", "Los\tB-LOC\nAngeles\tI-LOC\n\nLos Angeles B-LOC\nis\tO\n\n"
+                                         "a\tNN\tO\nb O\n")
+    scan = scan_conll(path)
+    fatal = [str(p) for p in scan.problems if p.fatal]
+    assert fatal == [
+        f"{path}:4: columns separated by spaces, but this file separates them with tabs (line 1): "
+        "'Los Angeles B-LOC'; a token with a space in it needs a tab before its tag",
+        f"{path}:7: 3 columns, but the file's lines have 2 (line 1): 'a\\tNN\\tO'",
+        f"{path}:8: columns separated by spaces, but this file separates them with tabs (line 1): 'b O'; "
+        "a token with a space in it needs a tab before its tag"]
+    with pytest.raises(DataError, match=rf"^{path}:4: columns separated by spaces.*\(and 2 more such lines"):
+        read_conll(path)
 
 
 def test_one_column_line_names_file_and_line(tmp_path):
@@ -63,7 +86,7 @@ def test_unlabelled_tokens_when_tags_not_required(tmp_path):
     examples = read_conll(path, require_tags=False)
     assert [(ex.tokens, ex.tags) for ex in examples] == [(("Hello", "world"), None), (("Bye",), None)]
     mixed = _write(tmp_path, "mixed.conll", "Hello\nworld\tO\n")
-    with pytest.raises(DataError, match=rf"{mixed}:2: this line has a tag"):
+    with pytest.raises(DataError, match=rf"{mixed}:2: this line has 2 columns but the file's first token line"):
         read_conll(mixed, require_tags=False)
 
 

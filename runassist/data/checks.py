@@ -21,7 +21,8 @@ from runassist.config import DataConfig
 from runassist.errors import DataError, RunassistError
 
 SPLIT_NAMES = ("train", "dev", "test")
-UNK_WARN = 0.05  # share of [UNK] sub-tokens past which the model cannot read the text
+UNK_WARN = 0.05
+MAX_LISTED = 100  # problems listed per split; the rest are counted  # share of [UNK] sub-tokens past which the model cannot read the text
 
 
 @dataclass
@@ -99,7 +100,7 @@ def check_data(task: Any, data: DataConfig, *, processor: Any = None) -> CheckRe
         if not spec:
             continue
         try:
-            split = task.scan(spec)
+            split = task.scan(spec, lenient=True)
         except DataError as exc:  # includes "no examples" for an empty split; already names the file
             report.errors.append(str(exc))
             continue
@@ -107,7 +108,10 @@ def check_data(task: Any, data: DataConfig, *, processor: Any = None) -> CheckRe
             report.errors.append(f"data.{name}: {exc}")
             continue
         read[name] = split.examples
-        report.errors += [str(p) for p in split.problems]
+        report.errors += [str(p) for p in split.problems[:MAX_LISTED]]
+        if len(split.problems) > MAX_LISTED:
+            report.errors.append(f"{spec}: {len(split.problems) - MAX_LISTED} more problems like these "
+                                 f"({len(split.problems)} in all)")
         report.splits[name] = task.split_stats(spec, split.examples)
 
     task.check_labels(read, report)

@@ -90,10 +90,13 @@ def _check_scheme(scheme: str) -> None:
 
 
 def scan_conll(path: str | Path, *, scheme: str = "auto", require_tags: bool = True) -> TokenScan:
-    """Read a CoNLL file into IOB2 examples and list the tag problems that were repaired.
+    """Read a CoNLL file into IOB2 examples and list the problems: tag sequences that were repaired,
+    and malformed lines (``fatal``), each skipped so that every one can be listed.
 
-    With ``require_tags=False`` a file of bare tokens (one column) is read as unlabelled;
-    a file must be all tagged or all bare.
+    The first token line sets the file's layout: tab- or space-separated, and how many columns. A
+    line laid out otherwise is malformed: in a file of ``token<TAB>tag`` lines, ``Los Angeles B-LOC``
+    would otherwise be read as the token ``Los`` with ``Angeles`` dropped as a middle column.
+    With ``require_tags=False`` a file of bare tokens (one column) is read as unlabelled.
     """
     _check_scheme(scheme)
     path = str(path)
@@ -101,7 +104,8 @@ def scan_conll(path: str | Path, *, scheme: str = "auto", require_tags: bool = T
     tokens: list[str] = []
     tags: list[str] = []
     lines: list[int] = []
-    tagged: bool | None = None  # decided by the first token line
+    malformed: list[Problem] = []
+    layout: tuple[bool, int, int] | None = None  # (tab-separated, columns, line) of the first token line
 
     def flush() -> None:
         if tokens:
@@ -110,34 +114,61 @@ def scan_conll(path: str | Path, *, scheme: str = "auto", require_tags: bool = T
             tags.clear()
             lines.clear()
 
+    def bad(number: int, message: str) -> None:
+        malformed.append(Problem(path, number, message, fatal=True))
+
+    tagged = require_tags
     for number, line in enumerate(split_lines(read_text_file(path)), start=1):
         cols = _columns(line)
         if not cols or cols[0] == _DOCSTART:
             flush()
             continue
-        has_tag = len(cols) >= 2
-        if tagged is None:
-            tagged = has_tag or require_tags
-        if tagged and not has_tag:
-            raise DataError(
-                path, number, f"expected a token and a tag separated by a tab or spaces, got {line.strip()!r}"
-            )
-        if not tagged and has_tag:
-            raise DataError(path, number, "this line has a tag but the file's first token line has none")
+        tabs = "\t" in line
+        if layout is None:
+            layout = (tabs, len(cols), number)
+            tagged = len(cols) >= 2 or require_tags
+        if tagged and len(cols) < 2:
+            bad(number, f"expected a token and a tag separated by a tab or spaces, got {line.strip()!r}")
+            continue
+        if not tagged and len(cols) >= 2:
+            bad(number, f"this line has {len(cols)} columns but the file's first token line (line {layout[2]}) has "
+                        "one: a file is all tagged or all bare tokens")
+            continue
+        if layout[0] and not tabs and len(cols) > 1:
+            bad(number, f"columns separated by spaces, but this file separates them with tabs (line {layout[2]}): "
+                        f"{line.strip()!r}; a token with a space in it needs a tab before its tag")
+            continue
+        if len(cols) != layout[1]:
+            bad(number, f"{len(cols)} columns, but the file's lines have {layout[1]} (line {layout[2]}): "
+                        f"{line.strip()!r}")
+            continue
         if tagged:
-            bad = tag_error(cols[-1], scheme)
-            if bad:
-                raise DataError(path, number, bad)
+            problem = tag_error(cols[-1], scheme)
+            if problem:
+                bad(number, problem)
+                continue
             tags.append(cols[-1])
         tokens.append(cols[0])
         lines.append(number)
     flush()
-    return _finish(path, raw, scheme)
+    scan = _finish(path, raw, scheme)
+    return TokenScan(scan.examples, scan.scheme, malformed + scan.problems)
 
 
 def read_conll(path: str | Path, *, scheme: str = "auto", require_tags: bool = True) -> list[TokenExample]:
-    """CoNLL file -> IOB2 examples (source ``path:line``); problems repaired silently, see scan_conll."""
-    return scan_conll(path, scheme=scheme, require_tags=require_tags).examples
+    """CoNLL file -> IOB2 examples (source ``path:line``); repaired problems pass silently, a malformed
+    line raises (see scan_conll)."""
+    scan = scan_conll(path, scheme=scheme, require_tags=require_tags)
+    raise_fatal(scan.problems)
+    return scan.examples
+
+
+def raise_fatal(problems: Sequence[Problem]) -> None:
+    """DataError for the first fatal problem, saying how many more there are."""
+    fatal = [p for p in problems if p.fatal]
+    if fatal:
+        more = f" (and {len(fatal) - 1} more such lines: `runassist check-data` lists them)" if len(fatal) > 1 else ""
+        raise DataError(fatal[0].path, fatal[0].line, fatal[0].message + more)
 
 
 def write_conll(path: str | Path, examples: Sequence[TokenExample], predicted_tags: Sequence[Sequence[str]]) -> None:

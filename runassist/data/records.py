@@ -42,12 +42,14 @@ class TextExample:
 
 @dataclass(frozen=True)
 class Problem:
-    """A data problem that reading repaired (a broken tag sequence), located at one line of one
-    file; check-data lists these as errors, training reads the repaired data."""
+    """A data problem located at one line of one file; check-data lists these as errors. Training
+    reads past a repaired one (a broken tag sequence: read the way conlleval reads it) and stops at a
+    ``fatal`` one (a malformed line, skipped only so that check-data can list every one)."""
 
     path: str
     line: int | None
     message: str
+    fatal: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.message}" if self.line is not None else f"{self.path}: {self.message}"

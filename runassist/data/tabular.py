@@ -74,9 +74,11 @@ def _records_json(path: str) -> Iterator[tuple[int | None, dict[str, Any]]]:
             raise DataError(path, None, "JSON nested too deeply") from None
         except json.JSONDecodeError as exc:
             raise DataError(path, exc.lineno, f"not valid JSON ({exc.msg})") from None
-        for item in items:
+        if not isinstance(items, list):
+            raise DataError(path, 1, f"expected an array of objects, found {type(items).__name__}")
+        for i, item in enumerate(items):
             if not isinstance(item, dict):
-                raise DataError(path, None, f"expected an array of objects, found {type(item).__name__}")
+                raise DataError(path, None, f"record {i} (from 0): expected an object, found {type(item).__name__}")
             yield None, item
         return
     yield from iter_jsonl(path, text)

@@ -20,6 +20,7 @@ from runassist import assets
 from runassist.atomic import atomic_write
 from runassist.config import DataConfig, ModelConfig, TaskSection
 from runassist.data.checks import CheckReport, SplitStats, label_sources
+from runassist.data.conll import raise_fatal
 from runassist.data.records import Split
 from runassist.errors import DataError
 from runassist.tasks.base import Capabilities, Feature, TaskState
@@ -56,9 +57,10 @@ class BaseTask:
         return self.name
 
     # -- reading ---------------------------------------------------------------------------------
-    def scan(self, spec: str, *, require_labels: bool = True) -> Split:
-        """A split as read, with the problems repaired on the way (for check-data): a packaged
-        alias (``wnut16:dev``) or a path, read by ``scan_file``."""
+    def scan(self, spec: str, *, require_labels: bool = True, lenient: bool = False) -> Split:
+        """A split as read, with its problems (for check-data): a packaged alias (``wnut16:dev``) or a
+        path, read by ``scan_file``. A fatal problem (a malformed line) raises, unless ``lenient``:
+        then it is returned with the others, so that check-data lists every one."""
         if assets.is_alias(spec):
             kind = assets.alias_task(spec)
             if kind != self.name:
@@ -68,6 +70,8 @@ class BaseTask:
             path = assets.existing_path(spec)
             split = self.scan_file(path, require_labels=require_labels)
             split = Split(spec, split.examples, split.problems)
+            if not lenient:
+                raise_fatal(split.problems)
         if not split.examples:
             raise DataError(spec, None, "no examples")
         return split
@@ -91,6 +95,11 @@ class BaseTask:
 
     def label_set(self, examples: Sequence[Any]) -> list[str] | None:
         return sorted(self.label_counts(examples))
+
+    def initial_extras(self, examples: Sequence[Any]) -> dict[str, Any]:
+        """Values read off the training examples that encoding and decoding need later (saved in
+        task.json with the labels): a relation run records which mention types its markers held."""
+        return {}
 
     def unlabelled(self, example: Any) -> Any:
         """The example without its gold labels (compare predicts without them)."""

@@ -10,13 +10,18 @@ import torch
 from runassist.errors import RunassistError
 
 
+LOOKED_FOR = "a packaged model (`runassist assets`), a local model folder, or a hub name (org/name)"
+
+
 def check_model_folder(source: str) -> None:
-    """A local folder must hold weights; say so before any compute is spent."""
-    path = Path(source)
+    """A local folder must hold weights, and a hub name must be reachable (or cached); say so in one
+    line before any compute is spent."""
+    path = Path(source).expanduser()
     if not path.exists():
-        if source.startswith((".", "/", "~")) or path.suffix:
-            raise RunassistError(f"model.source: folder '{source}' does not exist")
-        return  # a hub name: transformers resolves (and reports) it
+        if source.startswith((".", "/", "~")) or path.suffix or source.count("/") > 1 or "\\" in source:
+            raise RunassistError(f"model.source: no folder '{source}' (looked for {LOOKED_FOR})")
+        _check_hub_name(source)
+        return
     if not path.is_dir():
         raise RunassistError(f"model.source: '{source}' is a file; expected a model folder")
     if not (path / "config.json").is_file():
@@ -29,6 +34,36 @@ def check_model_folder(source: str) -> None:
             f"model.source: '{source}' has weights only in pickle formats; runassist loads safetensors only "
             "(convert with `model.save_pretrained(dir, safe_serialization=True)`)"
         )
+
+
+def _check_hub_name(source: str) -> None:
+    """Offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE), a hub name works only if it is cached."""
+    import os
+
+    offline = any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
+                  for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if not offline:
+        return  # from_pretrained downloads it, and load_* below turns a failure into one line
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+        raise RunassistError(f"model.source: '{source}' is not a local folder, and as a hub name it is not in the "
+                             f"cache while HF_HUB_OFFLINE is set (looked for {LOOKED_FOR})")
+
+
+def _loading(source: str, what: str):
+    """transformers reports a missing or unreachable model with a long traceback; one line instead."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RunassistError(f"model.source: cannot load the {what} of '{source}' ({first[:300]}; "
+                                 f"looked for {LOOKED_FOR})") from None
+    return guard()
 
 
 def quiet_transformers() -> None:
@@ -44,7 +79,8 @@ def load_tokenizer(source: str) -> Any:
     from transformers import AutoTokenizer
 
     quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    with _loading(source, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(source)
     if not getattr(tokenizer, "is_fast", False):
         raise RunassistError(f"model.source: '{source}' has no fast tokenizer (tokenizer.json); runassist needs "
                              "word_ids() and offsets, which only fast tokenizers give")
@@ -58,7 +94,8 @@ def load_model(auto_cls: Any, source: str, labels: list[str] | None, *, dropout:
     from transformers import AutoConfig
 
     quiet_transformers()
-    config = AutoConfig.from_pretrained(source)
+    with _loading(source, "config"):
+        config = AutoConfig.from_pretrained(source)
     if labels is not None:
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
