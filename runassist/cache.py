@@ -40,7 +40,7 @@ import numpy as np
 from runassist.atomic import atomic_open
 from runassist.tasks.base import Feature, TaskState
 
-FORMAT = 2  # bump when the file layout or the key recipe changes
+FORMAT = 3  # bump when the file layout or the key recipe changes
 _TUPLE = "__tuple__"
 _ARRAY = "__ndarray__"
 
@@ -80,6 +80,7 @@ def cache_key(task: Any, examples: Sequence[Any], processor: Any, state: TaskSta
     add("settings", _json({name: _dump(getattr(task, name)) for name in ("task_cfg", "model_cfg")
                            if hasattr(task, name)}))
     add("labels", _json(state.labels))
+    add("extras", _json(state.extras))  # what encode may read besides the labels (a relation run's mention types)
     add("caller", _json(key_parts))
     add("processor", processor_fingerprint(processor))
     add("code", code_fingerprint(task))

@@ -223,3 +223,22 @@ def test_the_kept_model_is_scored_with_its_own_null_threshold(tiny_model, tmp_pa
     assert result.summary["extras"] == saved
     again = evaluate(result.run, predictor=Predictor.from_run(result.run))["scores"]
     assert again["f1"] == pytest.approx(result.summary["test"]["f1"])
+
+
+def test_cmrc_and_squad_details_found_in_review():
+    # "……" is one entry of CMRC's punctuation list: a lone "…" is kept, as the reference keeps it
+    assert squad.char_f1("北京…", "北京") == pytest.approx(0.8) and squad.char_exact("北京…", "北京") == 0.0
+    # numbers stay whole, as NLTK keeps them: gold [1.5, 亿], pred [1.5]
+    assert squad.mixed_segmentation("1.5亿") == ["1.5", "亿"] and squad.mixed_segmentation("1,000元")[0] == "1,000"
+    assert squad.char_f1("1.5亿", "1.5") == pytest.approx(2 / 3)
+    # has-answer is read from the answers as given: "the" is an answer (it normalises to nothing)
+    scores = squad.score_answers([["the"], []], ["", ""])
+    assert scores["HasAns_total"] == 1 and scores["NoAns_total"] == 1
+
+
+def test_a_long_question_is_cut_to_leave_room_for_the_context(tokenizer):
+    task = _task(max_length=24, stride=4)
+    question = " ".join(["who"] * 60)
+    (feature, *_) = task.encode([QAExample(question, "mary smith went to paris", (("mary smith", 0),))],
+                                tokenizer, STATE)
+    assert feature.size <= 24 and feature.target[0] > 0  # the answer is still in a window

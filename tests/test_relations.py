@@ -145,3 +145,19 @@ def test_chained_prediction_through_the_cli(chained_runs, tmp_path):
     assert {e["text"] for e in row["entities"]} == {"mary smith", "google"}
     assert [(r["head"]["text"], r["relation"], r["tail"]["text"]) for r in row["relations"]] == \
         [("mary smith", "works_for", "google")]
+
+
+def test_types_the_model_never_saw_are_left_out_of_the_markers(tiny_model):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    task = RelationsTask(RelationsSection(), DataConfig(), ModelConfig(max_length=32))
+    train = [RelationExample("john works for google", (0, 4, "PER"), (15, 21, "ORG"), "works_for")]
+    state = TaskState(labels=["works_for"], extras=task.initial_extras(train))
+    assert state.extras == {"mention_types": ["ORG", "PER"]}
+    (feature,) = task.encode([RelationExample("john works for google", (0, 4, "PER"), (15, 21, "MISC"))],
+                             tokenizer, state)
+    marked = tokenizer.decode(feature.inputs["input_ids"], skip_special_tokens=True)
+    assert "@ * per * john @" in marked and "# google #" in marked  # MISC: untyped, as never seen
+    untyped = TaskState(labels=["works_for"], extras={"mention_types": []})  # e.g. trained on SemEval
+    (feature,) = task.encode([RelationExample("john works for google", (0, 4, "PER"), (15, 21, "ORG"))],
+                             tokenizer, untyped)
+    assert tokenizer.decode(feature.inputs["input_ids"], skip_special_tokens=True).startswith("@ john @")

@@ -14,6 +14,7 @@ file and line.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ def scan_squad_json(path: str | Path, *, require_answers: bool = True) -> Split:
         raise DataError(path, 1, 'expected the SQuAD layout {"data": [{"paragraphs": [...]}]}')
     examples: list[QAExample] = []
     problems: list[Problem] = []
+    lines = _id_lines(text)
     for a, article in enumerate(doc["data"]):
         for p, paragraph in enumerate(_list(article, "paragraphs", path, f"data[{a}]")):
             where = f"data[{a}].paragraphs[{p}]"
@@ -41,7 +43,7 @@ def scan_squad_json(path: str | Path, *, require_answers: bool = True) -> Split:
                 raise DataError(path, None, f"{where}: 'context' must be a string")
             for q, qa in enumerate(_list(paragraph, "qas", path, where)):
                 qid = str(qa.get("id", f"{where}.qas[{q}]")) if isinstance(qa, dict) else ""
-                line = _line_of(text, qid)
+                line = lines.get(qid)
                 if not isinstance(qa, dict) or not isinstance(qa.get("question"), str):
                     raise DataError(path, line, f"{where}.qas[{q}]: 'question' must be a string")
                 raw = qa.get("answers")
@@ -92,10 +94,22 @@ def _list(node: Any, key: str, path: str, where: str) -> list:
     return value
 
 
-def _line_of(text: str, qid: str) -> int | None:
-    """The line of a question's id in a JSON file (records of a JSON document have no line of their own)."""
-    at = text.find(json.dumps(qid))
-    return text.count("\n", 0, at) + 1 if at >= 0 and qid else None
+_ID = re.compile(r'"id"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def _id_lines(text: str) -> dict[str, int]:
+    """The line of each question's id in a JSON file (records of a JSON document have no line of their
+    own), in one pass over the text."""
+    out: dict[str, int] = {}
+    line, at = 1, 0
+    for match in _ID.finditer(text):
+        line += text.count("\n", at, match.start())
+        at = match.start()
+        try:
+            out.setdefault(str(json.loads(match.group(1))), line)
+        except ValueError:
+            continue
+    return out
 
 
 def _example(question: str, context: str, answers: list[tuple[Any, Any]] | None, impossible: bool, *, qid: str,

@@ -28,7 +28,7 @@ def score_relations(gold: Sequence[str], pred: Sequence[str], labels: Sequence[s
     correct = sum(1 for g, p in zip(gold, pred) if g == p and g != negative)
     guessed = sum(1 for p in pred if p != negative)
     found = sum(1 for g in gold if g != negative)
-    precision = correct / guessed if guessed else 0.0
+    precision = correct / guessed if guessed else 1.0  # the TACRED scorer's convention; F1 is 0 either way
     recall = correct / found if found else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     table = score_single(gold, pred, labels)

@@ -8,8 +8,8 @@ A question without an answer has the gold answer ``""``: only an empty predictio
 
 CMRC 2018 (``cmrc2018_evaluate.py``): text is lower-cased and split into single CJK characters and
 punctuation marks, with runs of other characters kept as words (the reference tokenises those
-runs with NLTK; here a regex splits them into words and punctuation, which gives the same units
-for what such runs hold in Chinese text: Latin words and numbers). F1 is over the longest common
+runs with NLTK; here a regex gives the same units for what such runs hold in Chinese text: Latin
+words, numbers such as 1.5 and 1,000 kept whole, other marks one by one). F1 is over the longest common
 *substring* of the two token lists, not a bag; EM compares the strings with punctuation removed.
 
 Scores are fractions (0..1), like every other metric here, not the reference scripts' percents.
@@ -55,9 +55,14 @@ def gold_answers(answers: Sequence[str]) -> list[str]:
 
 # -- CMRC 2018 (Chinese) ----------------------------------------------------------------------------
 
-_CMRC_PUNCT = set("-:_*^/\\~`+=，。：？！“”；’《》……·、「」（）－～『』")
+# The reference's list, element by element: it holds "……" as one two-character string, which no
+# single character equals, so a lone "…" is kept, as the reference keeps it.
+_CMRC_PUNCT = {"-", ":", "_", "*", "^", "/", "\\", "~", "`", "+", "=", "，", "。", "：", "？", "！", "“", "”", "；", "’",
+               "《", "》", "……", "·", "、", "「", "」", "（", "）", "－", "～", "『", "』"}
 _CJK = re.compile(r"[\u4e00-\u9fa5]")
-_WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+# NLTK's word_tokenize on what such runs hold: numbers with their decimal point or thousands
+# separator whole (1.5, 1,000), words, then each other mark on its own.
+_WORDS = re.compile(r"\d+(?:[.,]\d+)+|\w+|[^\w\s]", re.UNICODE)
 
 
 def mixed_segmentation(text: str, *, remove_punctuation: bool = False) -> list[str]:
@@ -96,7 +101,8 @@ def char_f1(gold: str, pred: str) -> float:
     gold_tokens = mixed_segmentation(gold, remove_punctuation=True)
     pred_tokens = mixed_segmentation(pred, remove_punctuation=True)
     if not gold_tokens or not pred_tokens:
-        return float(gold_tokens == pred_tokens)
+        # The reference scores 0 here; "no answer" against "no answer" (SQuAD v2 style) is right.
+        return float(not gold.strip() and not pred.strip())
     same = longest_common_substring(gold_tokens, pred_tokens)
     if same == 0:
         return 0.0
@@ -119,13 +125,21 @@ def score_answers(gold: Sequence[Sequence[str]], pred: Sequence[str], *, unit: s
     em_fn, f1_fn = (char_exact, char_f1) if unit == "char" else (exact, f1)
     rows = []
     for answers, answer in zip(gold, pred):
-        golds = gold_answers(answers) if unit == "word" else ([a for a in answers if a.strip()] or [""])
-        rows.append((golds != [""], max(em_fn(g, answer) for g in golds), max(f1_fn(g, answer) for g in golds)))
+        golds = scored_answers(answers, unit)
+        # Whether a question has an answer is read from its answers as given (evaluate-v2.0.py's
+        # qid_to_has_ans), not after normalisation.
+        rows.append((bool(answers), max(em_fn(g, answer) for g in golds), max(f1_fn(g, answer) for g in golds)))
     out = _averages(rows, "")
-    if any(not has for has, _, _ in rows):
-        out.update(_averages([r for r in rows if r[0]], "HasAns_"))
+    if any(not has for has, _, _ in rows):  # SQuAD v2 data: the breakdown, as the reference gives it
+        if any(has for has, _, _ in rows):
+            out.update(_averages([r for r in rows if r[0]], "HasAns_"))
         out.update(_averages([r for r in rows if not r[0]], "NoAns_"))
     return out
+
+
+def scored_answers(answers: Sequence[str], unit: str = "word") -> list[str]:
+    """The gold answers a prediction is scored against, for ``unit``."""
+    return gold_answers(answers) if unit == "word" else ([a for a in answers if a.strip()] or [""])
 
 
 def _averages(rows: list[tuple[bool, float, float]], prefix: str) -> dict[str, float]:

@@ -41,6 +41,7 @@ from runassist.tasks.layout import PairLayout
 from runassist.tasks.windows import window_spans
 
 _JSONL = (".jsonl", ".ndjson")
+MIN_CONTEXT = 8  # sub-tokens of context a window keeps however long the question
 _BATCH = 512
 
 
@@ -142,10 +143,12 @@ class QATask(BaseTask):
             if ex.answers == () and not self.task_cfg.no_answer:
                 raise DataError(ex.source or "input", None, f"question {ex.id or index} has no answer; set "
                                                             "task.no_answer: true for data with unanswerable questions")
-            question = questions[index][:self.task_cfg.max_question_length]
+            # A long question is cut, leaving the context at least MIN_CONTEXT sub-tokens per window.
+            question = questions[index][:max(1, min(self.task_cfg.max_question_length,
+                                                     self.model_cfg.max_length - layout.n_special - MIN_CONTEXT))]
             ids, offsets = contexts["input_ids"][index], [tuple(o) for o in contexts["offset_mapping"][index]]
             room = self.model_cfg.max_length - layout.n_special - len(question)
-            if room < 8:
+            if room < MIN_CONTEXT:
                 raise DataError(ex.source or "input", None, f"the question leaves {room} sub-tokens of "
                                                             f"model.max_length={self.model_cfg.max_length} for the "
                                                             "context; raise max_length or lower max_question_length")
@@ -237,14 +240,18 @@ class QATask(BaseTask):
             return {}
         from runassist.metrics.squad import best_null_threshold
 
+        from runassist.metrics.squad import scored_answers
+
         diffs, has, f1s = [], [], []
+        unit = self._unit(examples)
         f1_fn = self._f1_fn(examples)
         for ex, (spans, null) in zip(examples, self._candidates(len(examples), features, outputs)):
             pred = _choose(ex, spans, null, None)
-            golds = [text for text, _ in ex.answers or ()]
+            answers = [text for text, _ in ex.answers or ()]
             diffs.append(pred.null_margin)
-            has.append(bool(golds))
-            f1s.append(max((f1_fn(g, pred.answer or "") for g in golds), default=0.0))
+            has.append(bool(answers))
+            # the F1 its best span would score, by the same rules as score()
+            f1s.append(max(f1_fn(g, pred.span[0] if pred.span else "") for g in scored_answers(answers, unit)))
         return {"null_threshold": best_null_threshold(diffs, has, f1s)}
 
     def _unit(self, examples: Sequence[QAExample]) -> str:
@@ -339,14 +346,15 @@ class QATask(BaseTask):
 
         if predictions is None:
             return missing("No predictions file (eval/<split>.jsonl): wrong answers cannot be shown.")
-        from runassist.metrics.squad import exact
+        from runassist.metrics.squad import char_exact, exact
 
+        same = char_exact if (scores or {}).get("f1_unit") == "char" else exact
         rows = []
         for line in predictions.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             golds = row.get("gold") or []
             answer = row.get("answer") or ""
-            if not any(exact(g, answer) for g in golds or [""]):
+            if not any(same(g, answer) for g in golds or [""]):
                 rows.append([e(row.get("question", "")), e(" | ".join(golds) or "(no answer)"),
                              '<span class="bad">' + e(answer or "(no answer)") + "</span>", e(row.get("score"))])
         if not rows:

@@ -112,11 +112,18 @@ class RelationsTask(BaseTask):
         return RelationExample(item["text"], head, tail)
 
     # -- features -----------------------------------------------------------
-    def _marked(self, ex: RelationExample) -> tuple[str, dict[str, tuple[int, int]]]:
+    def initial_extras(self, examples: Sequence[RelationExample]) -> dict[str, Any]:
+        """The mention types training saw: a type the model never saw in its markers (a NER run's
+        MISC, or any type for a model trained on SemEval's untyped mentions) is left out at
+        prediction time instead of shown to it."""
+        return {"mention_types": sorted({m[2] for ex in examples for m in (ex.head, ex.tail) if m[2]})}
+
+    def _marked(self, ex: RelationExample, types: Sequence[str] | None = None) -> tuple[str, dict[str, tuple[int, int]]]:
         """The text with markers around both mentions, and where each mention's opening and
-        closing marker characters are in it: ``{"head": (open, close), "tail": (open, close)}``."""
+        closing marker characters are in it: ``{"head": (open, close), "tail": (open, close)}``.
+        ``types``: the mention types the model knows (None: any)."""
         def marker(open_: str, inner: str, kind: str | None) -> tuple[str, str]:
-            typed = self.task_cfg.typed_markers and kind
+            typed = self.task_cfg.typed_markers and kind and (types is None or kind in types)
             return (f" {open_} {inner} {kind} {inner} " if typed else f" {open_} "), f" {open_} "
 
         pieces = sorted([(ex.head, *marker("@", "*", ex.head[2]), "head"),
@@ -139,7 +146,7 @@ class RelationsTask(BaseTask):
         label2id = {label: i for i, label in enumerate(state.labels or ())}
         layout = PairLayout.probe(tokenizer, pair=False)
         room = self.model_cfg.max_length - layout.n_special
-        marked = [self._marked(ex) for ex in examples]
+        marked = [self._marked(ex, state.extras.get("mention_types")) for ex in examples]
         encoded = tokenizer([m[0] for m in marked], add_special_tokens=False, return_offsets_mapping=True,
                             verbose=False)
         with_types = "token_type_ids" in tokenizer.model_input_names
@@ -153,7 +160,10 @@ class RelationsTask(BaseTask):
                 target = label2id[ex.relation]
             ids, offsets = encoded["input_ids"][index], encoded["offset_mapping"][index]
             head, tail = _mention_tokens(offsets, at["head"]), _mention_tokens(offsets, at["tail"])
-            keep, cut = _keep(len(ids), head, tail, room)
+            try:
+                keep, cut = _keep(len(ids), head, tail, room)
+            except DataError as exc:
+                raise DataError(ex.source or "input", None, exc.message) from None
             kept = [ids[i] for i in keep]
             window, types = layout.join(kept, None)
             shift = len(layout.fixed[0])
@@ -255,8 +265,9 @@ class RelationsTask(BaseTask):
         """Every ordered pair of the entities a NER run found in a text (needs their character spans)."""
         if not isinstance(item, str):
             raise ValueError("a relation run follows a NER run on texts")
-        entities = [e for e in upstream.get("entities", []) if isinstance(e.get("start"), int)][:MAX_ENTITIES]
-        return [RelationExample(item, (a["start"], a["end"], a["label"]), (b["start"], b["end"], b["label"]))
+        entities = [e for e in upstream.get("entities", []) if isinstance(e.get("start"), int)
+                    and isinstance(e.get("end"), int) and e["start"] < e["end"] <= len(item)][:MAX_ENTITIES]
+        return [RelationExample(item, (a["start"], a["end"], a.get("label")), (b["start"], b["end"], b.get("label")))
                 for a in entities for b in entities if a is not b]
 
     def chain_json(self, item: Any, upstream: dict[str, Any], examples: Sequence[RelationExample],

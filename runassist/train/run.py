@@ -81,7 +81,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     source = resolve_model(cfg.model.source)
     task.check_source(source)
     processor = task.load_processor(source)
-    state = TaskState(labels=task.label_set(splits.train))
+    state = TaskState(labels=task.label_set(splits.train), extras=task.initial_extras(splits.train))
 
     engine = Engine(precision=tc.precision, bf16_fast_cpu=env.bf16_fast(facts))
     run = resume or _create_run(cfg, engine)
