@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -189,3 +190,48 @@ def test_metrics_add_up_the_workers(tiny_run, tmp_path):  # noqa: F811
     text = log.read_text()
     assert code == 0 and "Traceback" not in text, text[-3000:]
     assert not folder.exists()  # the metrics folder goes with the server
+
+
+def test_a_client_that_hangs_up_mid_body_is_no_server_error(tiny_run, tmp_path):  # noqa: F811
+    port, env = free_port(), subprocess_env()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    terminated = False
+    with open(log, "w") as log_file:
+        server = subprocess.Popen([RUNASSIST, "serve", str(tiny_run.run), "--port", str(port)],
+                                  stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_healthy(server, url, log)
+        # a raw client: promises 1,000 bytes, sends 14, then closes the connection
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n" + b'{"inputs": ["j')
+            time.sleep(0.2)  # let the server start reading the body
+        deadline = time.monotonic() + 30
+        while True:  # the server notices the hang-up on its own time
+            s = _samples(httpx.get(f"{url}/metrics", timeout=10).text)
+            predict = {dict(labels)["status"]: value for (name, labels), value in s.items()
+                       if name == "runassist_requests_total" and dict(labels)["route"] == "/v1/predict"}
+            if predict or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert predict == {"499": 1.0}, predict  # counted as the client's hang-up, never as a 500
+        assert not any(name == "runassist_errors_total" for name, _ in s), s  # no error answered, none internal
+        # and the server goes on answering
+        response = httpx.post(f"{url}/v1/predict", json={"inputs": [tiny_run.tagged[0]]}, timeout=30)
+        assert response.status_code == 200, response.text
+        server.send_signal(signal.SIGTERM)
+        terminated = True
+        code = server.wait(timeout=30)
+    finally:
+        if not terminated:
+            server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "disconnected before its request POST /v1/predict was read" in text, text[-3000:]
+    assert "Traceback" not in text and "Exception in ASGI application" not in text, text[-3000:]

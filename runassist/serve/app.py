@@ -36,6 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from runassist.agent import DEFAULT_MAX_CHARS, DEFAULT_MAX_INPUTS, InputError, Limits, check_inputs, predict_json, \
     tool_definition
@@ -49,6 +50,9 @@ ENV_OPTIONS = "RUNASSIST_SERVE_OPTIONS"  # JSON: backend, threads and ServeSetti
 ENV_API_KEY = "RUNASSIST_API_KEY"
 ROUTES = ("/", "/health", "/metrics", "/v1/model", "/v1/predict", "/v1/tools")
 PUBLIC = ("/", "/health", "/favicon.ico")  # plus /static/*: the page holds no model data and asks for the key
+# The status counted for a request whose client hung up before it was read (no answer is sent):
+# nginx's "499 Client Closed Request", so a dashboard never shows it as the server's fault (500).
+CLIENT_CLOSED = 499
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -232,7 +236,7 @@ class _Edge:
         started = time.perf_counter()
         path = scope.get("path", "")
         route = path if path in ROUTES else "/static" if path.startswith("/static/") else "other"
-        status = 500
+        status: int | None = None  # the response's, once it starts; none started counts as 500
 
         async def send_status(message) -> None:
             nonlocal status
@@ -250,13 +254,24 @@ class _Edge:
                 response = self.fail(401, "unauthorized", "missing or wrong API key: send it as 'X-API-Key: KEY' "
                                      "or 'Authorization: Bearer KEY'", headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send_status)
+        except ClientDisconnect:
+            # The client closed the connection while its body was being read (Starlette raises this
+            # from request.stream()). Nobody is left to answer and it is no fault of the server: caught
+            # here, inside Starlette's ServerErrorMiddleware, it is neither a 500 in the metrics nor
+            # two tracebacks (ours and uvicorn's "Exception in ASGI application") in the log.
+            if status is None:
+                status = CLIENT_CLOSED
+            client = scope.get("client") or ("?", "?")
+            log.warning("client %s:%s disconnected before its request %s %s was read; not answered",
+                        client[0], client[1], scope.get("method", ""), path)
         finally:
             if predicting:
                 self.metrics.in_flight.dec()
             method = scope.get("method", "")
             # A client chooses the method string: keep the label set bounded, or /metrics grows without end.
             method = method if method in _METHODS else "other"
-            self.metrics.observe_request(route, method, status, time.perf_counter() - started)
+            self.metrics.observe_request(route, method, 500 if status is None else status,
+                                         time.perf_counter() - started)
 
     def _authorised(self, scope, path: str) -> bool:
         key = self.settings.api_key

@@ -59,8 +59,10 @@ class Metrics:
         else:
             into = self.registry
         self.queued_items = queued_items
-        self.requests = Counter("runassist_requests_total", "HTTP requests by route, method and status code.",
-                                ("route", "method", "status"), registry=into)
+        self.requests = Counter("runassist_requests_total",
+                                "HTTP requests by route, method and status code (499: the client hung up before "
+                                "its request was read, and got no answer).", ("route", "method", "status"),
+                                registry=into)
         self.latency = Histogram("runassist_request_duration_seconds", "HTTP request latency by route.",
                                  ("route",), buckets=LATENCY_BUCKETS, registry=into)
         self.errors = Counter("runassist_errors_total",
