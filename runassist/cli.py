@@ -381,6 +381,11 @@ def serve(run: Path, host: str = typer.Option("127.0.0.1", "--host", help="0.0.0
     """An HTTP service (and a page to try the model) for a trained run."""
     from runassist.serve import serve as serve_run
 
+    if api_key is None and os.environ.get("RUNASSIST_API_KEY") is not None:
+        # click reads a variable set to "" as unset (documented), which would serve without a key; pass the
+        # empty key on, for serve() to refuse it.
+        api_key = os.environ["RUNASSIST_API_KEY"]
+
     serve_run(run, host=host, port=port, workers=workers, backend=backend, api_key=api_key, max_wait_ms=max_wait_ms)
 
 

@@ -347,6 +347,34 @@ def test_worker_factory_reads_the_run_from_the_environment(tiny_run, monkeypatch
         app_from_env()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_refuses_an_empty_api_key(tiny_run, workers):  # noqa: F811
+    import socket
+
+    from runassist.serve import serve
+
+    # The port is taken: if the empty key were let through, serve() would fail on it (or, with workers, start).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        for key in ("", "   "):
+            with pytest.raises(RunassistError, match="API key is empty"):
+                serve(tiny_run.run, port=taken.getsockname()[1], workers=workers, api_key=key)
+
+
+def test_worker_factory_refuses_an_empty_api_key_and_serves_without_an_unset_one(tiny_run, monkeypatch):  # noqa: F811
+    from runassist.serve.app import app_from_env
+
+    monkeypatch.setenv("RUNASSIST_SERVE_RUN", str(tiny_run.run))
+    monkeypatch.setenv("RUNASSIST_API_KEY", "")  # as the parent's --api-key "$KEY" would pass an unset KEY on
+    with pytest.raises(RunassistError, match="API key is empty"):
+        app_from_env()
+    monkeypatch.delenv("RUNASSIST_API_KEY")
+    with TestClient(app_from_env()) as c:
+        assert c.get("/health").json() == {"status": "ok", "auth_required": False}
+        assert c.get("/v1/model").status_code == 200
+
+
 def test_lone_surrogates_are_a_client_error(client):
     # valid JSON, but no tokenizer accepts it: 422, never a 500 (and never a re-run of the batch)
     body = '{"inputs": ["john \\ud800 went"]}'

@@ -235,3 +235,25 @@ def test_a_client_that_hangs_up_mid_body_is_no_server_error(tiny_run, tmp_path):
     assert code == 0, text[-3000:]
     assert "disconnected before its request POST /v1/predict was read" in text, text[-3000:]
     assert "Traceback" not in text and "Exception in ASGI application" not in text, text[-3000:]
+
+
+@pytest.mark.parametrize("how", ["unset variable in --api-key", "empty RUNASSIST_API_KEY"])
+def test_cli_refuses_an_empty_api_key(tiny_run, tmp_path, how):  # noqa: F811
+    env = {k: v for k, v in subprocess_env().items() if k not in ("KEY", "RUNASSIST_API_KEY")}
+    port = str(free_port())
+    if how == "empty RUNASSIST_API_KEY":
+        command = [RUNASSIST, "serve", str(tiny_run.run), "--port", port]
+        env["RUNASSIST_API_KEY"] = ""
+    else:  # what a script gets when it forgot to export KEY
+        command = ["bash", "-c", 'exec "$0" serve "$1" --port "$2" --api-key "$KEY"', RUNASSIST, str(tiny_run.run),
+                   port]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # it is serving, without authentication
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"`runassist serve` started with an empty API key:\n{err[-3000:]}")
+    assert proc.returncode == 2, err
+    assert "error:" in err and "API key is empty" in err and "Traceback" not in err, err
+    assert "Uvicorn running" not in err + out

@@ -75,7 +75,11 @@ class ServeSettings:
         if not self.max_wait_ms >= 0:
             raise RunassistError(f"max_wait_ms = {self.max_wait_ms!r}: give 0 or more (milliseconds)")
         if self.api_key is not None and not self.api_key.strip():
-            raise RunassistError("the API key is empty; leave it unset to serve without one")
+            # Refused, never read as "no key": --api-key "$KEY" with KEY unset gives "", and serving
+            # without authentication because of a typo is the one outcome its user did not ask for.
+            raise RunassistError(f"the API key is empty (--api-key \"\" or an empty {ENV_API_KEY}; an unset "
+                                 f"variable in --api-key \"$KEY\"?): give a key, or leave both unset to serve "
+                                 "without one")
         if self.api_key is not None and not self.api_key.isascii():
             # HTTP headers arrive as latin-1: a non-ASCII key could never match.
             raise RunassistError("the API key must be ASCII")
@@ -302,7 +306,7 @@ def app_from_env() -> FastAPI:
     if unknown:
         raise RunassistError(f"{ENV_OPTIONS}: unknown key(s) {', '.join(sorted(unknown))}; known: "
                              f"backend, threads, {', '.join(sorted(known))}")
-    settings = ServeSettings(api_key=os.environ.get(ENV_API_KEY) or None, **options)
+    settings = ServeSettings(api_key=os.environ.get(ENV_API_KEY), **options)  # unset: no key; empty: refused
     app = create_app(Predictor.from_run(run, backend=backend, threads=threads), settings=settings)
     _freeze_heap()
     return app
@@ -359,7 +363,7 @@ def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers
     from runassist.predict import BACKENDS, Predictor
     from runassist.runs import require
 
-    settings = settings or ServeSettings(api_key=api_key or None, max_wait_ms=max_wait_ms)
+    settings = settings or ServeSettings(api_key=api_key, max_wait_ms=max_wait_ms)  # an empty key is refused there
     if workers < 1:
         raise RunassistError(f"--workers {workers}: give 1 or more")
     if settings.api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
