@@ -392,7 +392,12 @@ def serve(run: Path, host: str = typer.Option("127.0.0.1", "--host", help="0.0.0
 @app.command()
 def mcp(run: Path, backend: str = typer.Option("torch", "--backend")) -> None:
     """An MCP server over stdio exposing the model as a tool for LLM agents."""
+    import logging
+
     from runassist.agent import serve_mcp
+
+    # stdout carries the protocol; warnings (a line the server could not read, say) go to stderr, one line each
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="runassist mcp: %(levelname)s: %(message)s")
 
     serve_mcp(run, backend=backend)
 
