@@ -150,7 +150,7 @@ def test_mcp_answers_lines_it_cannot_read(tiny_run, tmp_path):  # noqa: F811
 def test_what_the_transport_cannot_read_is_answered_where_the_protocol_allows(line, answer):
     import mcp_types as types
 
-    from runassist.agent import _unreadable
+    from runassist.mcp_stdio import _unreadable
 
     with pytest.raises(Exception) as caught:  # what mcp's stdio_server puts on the read stream for the line
         types.jsonrpc_message_adapter.validate_json(line + "\n", by_name=False)
