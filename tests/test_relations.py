@@ -161,3 +161,15 @@ def test_types_the_model_never_saw_are_left_out_of_the_markers(tiny_model):
     (feature,) = task.encode([RelationExample("john works for google", (0, 4, "PER"), (15, 21, "ORG"))],
                              tokenizer, untyped)
     assert tokenizer.decode(feature.inputs["input_ids"], skip_special_tokens=True).startswith("@ john @")
+
+
+def test_lora_is_refused_with_a_reason_for_the_relation_head(tiny_model, tmp_path):
+    from runassist.errors import ConfigError
+    from runassist.tasks import load_config
+    from runassist.train.run import train
+
+    data = write_jsonl(tmp_path, make_relation_rows(4, 0), "train.jsonl")
+    cfg = load_config(None, ["task=relations", f"model.source={tiny_model}", f"data.train={data}",
+                             f"output.dir={tmp_path / 'runs'}", "train.lora={r: 4}", "train.threads=1"])
+    with pytest.raises(ConfigError, match="train.lora: a relations model has no LoRA task type"):
+        train(cfg, progress=False)

@@ -13,7 +13,7 @@ from runassist.atomic import atomic_write, read_json, write_json
 from runassist import runs
 from runassist.cache import cached_encode
 from runassist.config import Config
-from runassist.errors import DataError, RunassistError
+from runassist.errors import ConfigError, DataError, RunassistError
 from runassist.inference import predict_examples, write_eval
 from runassist.tasks import make_task
 from runassist.tasks.base import TaskState
@@ -100,6 +100,9 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     model = task.build_model(source, state, dropout=tc.dropout)
     frozen = apply_freeze(model, tc.freeze)
     if tc.lora is not None:
+        if task.peft_task_type is None:
+            raise ConfigError(f"train.lora: a {task.name} model has no LoRA task type (its head is runassist's own); "
+                              "leave train.lora empty, or freeze layers with train.freeze")
         model = apply_lora(model, tc.lora, task_type=task.peft_task_type)
     model.to(engine.device)
     optimizer = build_optimizer(model, tc, engine.device)
