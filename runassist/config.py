@@ -108,6 +108,7 @@ class TrainConfig(_Section):
     lora: LoraConfig | None = None
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
     group_by_length: bool = True
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     compile: bool = False
     threads: int | None = Field(None, ge=1)  # None: one per free core
 

@@ -34,12 +34,13 @@ def outputs_for(task: Any, model: Any, features: Sequence[Feature], processor: A
     # An exported model (onnx_runtime.OnnxModel) has no parameters; it names its device instead.
     device = device or getattr(model, "device", None) or next(model.parameters()).device
     out: list[Any] = [None] * len(features)
+    batch_size = min(batch_size, getattr(task, "max_batch", None) or batch_size)
     for idx in length_sorted_batches(features, batch_size):
         chunk = [features[i] for i in idx]
         batch = task.collate([_unlabelled(f) for f in chunk], processor)
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast() if autocast else contextlib.nullcontext():
-            results = task.infer(model, batch, chunk)
+            results = task.infer(model, batch, chunk, processor)
         for i, result in zip(idx, results):
             out[i] = result
     if was_training:

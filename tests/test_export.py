@@ -237,7 +237,7 @@ def test_guard_reruns_nan_and_refuses_bad_thresholds(tmp_path):
         def collate(self, fs, processor):
             return {"input_ids": torch.tensor([f.inputs["input_ids"] for f in fs])}
 
-        def infer(self, model, batch, fs):
+        def infer(self, model, batch, fs, processor=None):
             return list(model(**batch).logits.numpy())
 
         def margins(self, fs, xs, state):

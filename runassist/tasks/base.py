@@ -122,9 +122,10 @@ class Task(Protocol):
         """The training loss of a batch, from ``forward``'s outputs (outside autocast: float32)."""
         ...
 
-    def infer(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], features: Sequence[Feature]) -> list[Any]:
+    def infer(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], features: Sequence[Feature],
+              processor: Any = None) -> list[Any]:
         """Per-feature outputs at prediction time, as numpy arrays (or what ``decode`` reads):
-        forward and slice, or ``generate()`` for a generative task."""
+        forward and slice, or ``generate()`` and the decoded text for a generative task."""
         ...
 
     # -- outputs ---------------------------------------------------------------------------------

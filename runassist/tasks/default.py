@@ -42,6 +42,8 @@ class BaseTask:
     # ONNX outputs: name -> its dynamic axes by position ("batch", "sequence" or None for a fixed one)
     onnx_outputs: ClassVar[dict[str, tuple[str | None, ...]]] = {"logits": ("batch", None)}
     tool_name: ClassVar[str] = "predict"
+    max_batch: ClassVar[int | None] = None  # cap on features per inference batch (a language model's logits are big)
+    evaluate_before_training: ClassVar[bool] = False  # score dev with the untrained model too (what training changed)
 
     def __init__(self, section: TaskSection, data: DataConfig, model: ModelConfig):
         self.task_cfg, self.data_cfg, self.model_cfg = section, data, model
@@ -139,7 +141,8 @@ class BaseTask:
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         return model(**{k: v for k, v in batch.items() if k not in self.target_keys})
 
-    def infer(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], features: Sequence[Feature]) -> list[Any]:
+    def infer(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], features: Sequence[Feature],
+              processor: Any = None) -> list[Any]:
         """Forward, then each feature's logits without padding (``[tokens, labels]`` for a
         per-token output, ``[labels]`` otherwise)."""
         logits = self.forward(model, batch).logits.float().cpu().numpy()
@@ -183,6 +186,18 @@ class BaseTask:
         """Two inputs of different sizes to trace the ONNX graph with (so its batch holds padding)."""
         return [self.example_from_input("runassist exports this model to onnx ."),
                 self.example_from_input("a short one")]
+
+    # -- generation ------------------------------------------------------------------------------
+    def stream(self, model: torch.nn.Module, processor: Any, example: Any, state: TaskState, *,
+               stop: Any = None, settings: dict[str, Any] | None = None) -> Any:
+        """The prediction for one example as text pieces, as they are made (``capabilities.streams``);
+        ``stop`` (a threading.Event) ends it early; ``settings`` override the run's generation settings
+        (max_new_tokens, temperature, ...)."""
+        raise ValueError(f"a {self.name} model does not stream its predictions")
+
+    def default_lora(self, model: torch.nn.Module) -> Any:
+        """LoRA settings (config.LoraConfig) the task wants when train.lora is not set; None: full fine-tuning."""
+        return None
 
     # -- following another run (`runassist predict FIRST,THIS`) -------------------------------------
     def chain_examples(self, item: Any, upstream: dict[str, Any]) -> list[Any]:

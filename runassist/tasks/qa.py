@@ -195,7 +195,8 @@ class QATask(BaseTask):
                  + F.cross_entropy(outputs.end_logits.float(), end, ignore_index=IGNORE_INDEX, reduction="sum"))
         return total / (2 * kept)
 
-    def infer(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], features: Sequence[Feature]) -> list[Any]:
+    def infer(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], features: Sequence[Feature],
+              processor: Any = None) -> list[Any]:
         """Per window: ``[2, tokens]``, start logits then end logits."""
         outputs = self.forward(model, batch)
         start = outputs.start_logits.float().cpu().numpy()

@@ -52,6 +52,7 @@ class TrainContext:
     # evaluates again from it, so no evaluation counts twice towards patience.
     before_eval: dict[str, Any] | None = None
     elapsed_offset: float = 0.0  # wall seconds of the run before this process resumed it
+    dev_before: dict[str, Any] | None = None  # dev scores of the untrained model, for tasks that ask for them
     train_features: list[Any] | None = None
 
     @property
@@ -81,7 +82,7 @@ class TrainContext:
             mine = {k: v for k, v in self.before_eval.items() if k != "best_state"}
         return {**mine, "train_seconds": self.train_seconds, "tokens": self.tokens,
                 "padded_tokens": self.padded_tokens, "elapsed": round(self.elapsed, 2),
-                "pending_eval": pending, "pending_epoch": self.eval_epoch}
+                "pending_eval": pending, "pending_epoch": self.eval_epoch, "dev_before": self.dev_before}
 
 
 class Callback:

@@ -99,11 +99,18 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
 
     model = task.build_model(source, state, dropout=tc.dropout)
     frozen = apply_freeze(model, tc.freeze)
-    if tc.lora is not None:
+    lora = tc.lora if tc.lora is not None else task.default_lora(model)  # a large chat model: LoRA by default
+    if lora is not None:
         if task.peft_task_type is None:
             raise ConfigError(f"train.lora: a {task.name} model has no LoRA task type (its head is runassist's own); "
                               "leave train.lora empty, or freeze layers with train.freeze")
-        model = apply_lora(model, tc.lora, task_type=task.peft_task_type)
+        model = apply_lora(model, lora, task_type=task.peft_task_type)
+    if tc.gradient_checkpointing:
+        if not hasattr(model, "gradient_checkpointing_enable"):
+            raise ConfigError(f"train.gradient_checkpointing: {type(model).__name__} cannot recompute activations")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(getattr(model, "config", None), "use_cache"):
+            model.config.use_cache = False  # a cache is useless while training and clashes with checkpointing
     model.to(engine.device)
     optimizer = build_optimizer(model, tc, engine.device)
     model = engine.prepare(model)
@@ -125,7 +132,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     ctx = TrainContext(run=run, engine=engine, model=model, optimizer=optimizer, scheduler=scheduler,
                        processor=processor, task=task, state=state, metric=metric,
                        mode=mode, total_steps=schedule.total_steps,
-                       merge_lora=tc.lora.merge if tc.lora else True, train_features=train_features)
+                       merge_lora=lora.merge if lora else True, train_features=train_features)
     start = Position()
     pending_eval: float | None = None  # the epoch of an evaluation an interrupt cut short
     if resume is not None and found is None and engine.is_main:
@@ -151,6 +158,12 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
         for cb in callbacks:
             cb.on_eval(ctx, info, scores)
         ctx.evaluation_ends()
+
+    if task.evaluate_before_training and splits.dev and found is None and start.step == 0:
+        # What the model scored before any training: the figure the run's result is read against.
+        ctx.dev_before = _headline(_dev_scores(ctx, splits.dev, dev_features))
+        if engine.is_main:
+            runs.append_metrics(run, {"kind": "before_training", "split": "dev", "step": 0, **ctx.dev_before})
 
     bar.start(ctx, start.step)
     info = None
@@ -256,6 +269,7 @@ def _restore(ctx: TrainContext, saved: dict[str, Any]) -> None:
     ctx.best_state = saved.get("best_state")  # the best weights so far, as an uninterrupted run holds them
     ctx.best_extras = saved.get("best_extras")
     ctx.elapsed_offset = saved.get("elapsed", 0.0)
+    ctx.dev_before = saved.get("dev_before")
 
 
 def _truncate_metrics(run: Path, step: int, *, evaluated: bool = True) -> None:
@@ -287,6 +301,7 @@ def _write_summary(ctx: TrainContext, cfg: Config, *, status: str, stopped: str,
         "stopped_because": stopped,
         "best": best,
         "dev": _headline(ctx.best.get("scores")),
+        "dev_before_training": ctx.dev_before,
         "test": _headline(test),
         "steps": ctx.scheduler.last_epoch if hasattr(ctx.scheduler, "last_epoch") else None,
         "total_steps": ctx.total_steps,
@@ -304,7 +319,7 @@ def _write_summary(ctx: TrainContext, cfg: Config, *, status: str, stopped: str,
         "threads": torch.get_num_threads(),
         "choices": {"optimizer": cfg.train.optimizer, "fused_optimizer": cfg.train.optimizer == "adamw",
                     "group_by_length": cfg.train.group_by_length, "compile": cfg.train.compile,
-                    "precision": ctx.engine.precision, "lora": cfg.train.lora is not None},
+                    "precision": ctx.engine.precision, "lora": hasattr(ctx.bare, "peft_config")},
         "extras": ctx.state.extras,
     }
     if ctx.engine.is_main:
