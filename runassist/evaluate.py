@@ -35,6 +35,8 @@ def evaluate(run: str | Path, *, data: str | None = None, mode: str | None = Non
             raise RunassistError(f"--mode {mode!r}: a {task.name} run cannot be scored that way; {choices}")
         task = type(task)(task.task_cfg.model_copy(update={"scoring": mode}), task.data_cfg, task.model_cfg)
     examples = task.read(spec)
+    if data in (None, "dev", "test"):  # the run's own split, as many examples as the run scored
+        examples = examples[:predictor.cfg.data.max_eval_examples]
     predictions = predictor.predict_examples(examples)
     scores = task.score(examples, predictions, predictor.state)
     # The default way keeps the plain name; another way gets its own files beside it.

@@ -25,6 +25,8 @@ COMMENTS: dict[str, str] = {
     "data.text_pair_column": "tabular data: second text for sentence-pair tasks (NLI, paraphrase); empty for none",
     "data.label_column": "tabular data: column with the label (a list, or joined by label_separator, for several)",
     "data.label_separator": "several labels in one CSV cell: e.g. '|' for 'sports|politics'",
+    "data.max_train_examples": "use only the first N training examples (a quick experiment); empty: all",
+    "data.max_eval_examples": "use only the first N examples of dev and of test; empty: all",
     "train": "hyperparameters",
     "train.epochs": "passes over the training data; early stopping usually ends sooner",
     "train.max_steps": "optional cap on optimizer updates (handy for smoke tests)",
@@ -45,7 +47,9 @@ COMMENTS: dict[str, str] = {
     "train.checkpoint_every": "steps between extra checkpoints; one is also written at every evaluation",
     "train.class_weights": "none | balanced | {label: weight}: weigh rare labels up in the loss",
     "train.freeze": "none | embeddings | bottom:N (embeddings + N lowest layers) | head_only",
-    "train.lora": "LoRA adapters instead of full fine-tuning, e.g. {r: 8, alpha: 16}; empty for full",
+    "train.lora": "LoRA adapters instead of full fine-tuning, e.g. {r: 8, alpha: 16}; empty for full (chat: LoRA "
+                  "for large models anyway, see task.lora)",
+    "train.lora.target_modules": "linear layers to adapt; empty: the attention's query and value projections",
     "train.early_stopping": "stop when the dev metric stops improving; empty to always run every epoch",
     "train.early_stopping.metric": "empty for the task's headline score (f1 for entities, accuracy for labels)",
     "train.early_stopping.mode": "max (higher is better) | min",
@@ -53,6 +57,7 @@ COMMENTS: dict[str, str] = {
     "train.early_stopping.min_delta": "smallest change that counts as an improvement",
     "train.group_by_length": ("batch similar lengths together: less padding, faster; on WNUT-16 (1,916 tweets) "
                               "false gave +0.02 test F1 over 4 seeds at ~30% fewer tokens/s"),
+    "train.gradient_checkpointing": "recompute activations during backward: much less memory, ~30% slower",
     "train.compile": "torch.compile the model: sometimes faster on GPU, slower to start",
     "train.threads": "CPU threads; empty picks the free cores (a busy core makes 2 threads much slower than 1)",
     "output": "where the run folder goes",

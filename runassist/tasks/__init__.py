@@ -20,12 +20,14 @@ from runassist import config
 from runassist.config import Config, TaskSection
 from runassist.errors import ConfigError, RunassistError
 from runassist.tasks.base import Task
+from runassist.tasks.chat import ChatTask
 from runassist.tasks.classify import ClassifyTask
 from runassist.tasks.ner import NerTask
 from runassist.tasks.qa import QATask
 from runassist.tasks.relations import RelationsTask
 
-TASKS: dict[str, type] = {"ner": NerTask, "classify": ClassifyTask, "qa": QATask, "relations": RelationsTask}
+TASKS: dict[str, type] = {"ner": NerTask, "classify": ClassifyTask, "qa": QATask, "relations": RelationsTask,
+                         "chat": ChatTask}
 ENTRY_POINTS = "runassist.tasks"
 
 

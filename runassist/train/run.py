@@ -42,9 +42,10 @@ def read_splits(task: Any, cfg: Config) -> Splits:
     """Read every split and check labels before any compute is spent."""
     if not cfg.data.train:
         raise RunassistError("data.train: not set; give a file or an asset alias, e.g. data.train=wnut16:train")
-    train = task.read(cfg.data.train)
-    dev = task.read(cfg.data.dev) if cfg.data.dev else None
-    test = task.read(cfg.data.test) if cfg.data.test else None
+    d = cfg.data
+    train = task.read(d.train)[:d.max_train_examples]
+    dev = task.read(d.dev)[:d.max_eval_examples] if d.dev else None
+    test = task.read(d.test)[:d.max_eval_examples] if d.test else None
     known = set(task.label_counts(train))
     for spec, examples in ((cfg.data.dev, dev), (cfg.data.test, test)):
         if examples is None:
@@ -202,7 +203,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
         if info is not None:
             Checkpoint.save(ctx, info.position, pending=ctx.in_eval)
         _write_summary(ctx, cfg, status="interrupted", stopped="interrupted (Ctrl-C); resume with --resume",
-                       frozen=frozen, n_train=len(train_features))
+                       frozen=frozen, n_train=len(splits.train))
         raise
     except RuntimeError as exc:
         if "out of memory" in str(exc).lower() or "can't allocate" in str(exc).lower():
@@ -233,7 +234,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     if in_sync is False:
         raise RunassistError("processes ended with different weights; the run is not trustworthy")
     summary = _write_summary(ctx, cfg, status="finished", stopped=stopped, frozen=frozen,
-                             n_train=len(train_features), test=test_scores, replicas_in_sync=in_sync)
+                             n_train=len(splits.train), test=test_scores, replicas_in_sync=in_sync)
     engine.wait()
     return RunResult(run=run, summary=summary)
 
@@ -288,6 +289,15 @@ def _headline(scores: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in scores.items() if isinstance(v, (int, float))}
 
 
+def _inputs(ctx: TrainContext, n_train: int) -> dict[str, int] | None:
+    """How the training examples became model inputs; ``examples_dropped``: those that gave none (a
+    conversation with no assistant token within max_length)."""
+    if not ctx.train_features:
+        return None
+    stats = ctx.task.feature_stats(ctx.train_features)
+    return {**stats, "examples_dropped": n_train - stats["examples"]}
+
+
 def _write_summary(ctx: TrainContext, cfg: Config, *, status: str, stopped: str, frozen: list[str], n_train: int,
                    test: dict[str, Any] | None = None, replicas_in_sync: bool | None = None) -> dict[str, Any]:
     total = ctx.padded_tokens
@@ -306,7 +316,7 @@ def _write_summary(ctx: TrainContext, cfg: Config, *, status: str, stopped: str,
         "steps": ctx.scheduler.last_epoch if hasattr(ctx.scheduler, "last_epoch") else None,
         "total_steps": ctx.total_steps,
         "train_examples": n_train,
-        "inputs": ctx.task.feature_stats(ctx.train_features) if ctx.train_features else None,
+        "inputs": _inputs(ctx, n_train),
         "train_seconds": round(ctx.train_seconds, 2),
         "tokens": ctx.tokens,
         "tokens_per_second": round(ctx.tokens / max(ctx.train_seconds, 1e-9), 1),

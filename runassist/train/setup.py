@@ -65,13 +65,27 @@ def apply_lora(model: torch.nn.Module, lora: LoraConfig, *, task_type: str) -> t
     from peft import get_peft_model
 
     head = [n for n in ("classifier", "score", "qa_outputs") if hasattr(model, n)]
+    names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    targets = list(lora.target_modules) if lora.target_modules else _attention_projections(names)
     config = PeftLora(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=list(lora.target_modules), modules_to_save=head, task_type=task_type)
+                      target_modules=targets, modules_to_save=head, task_type=task_type)
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
-        names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ConfigError(f"train.lora.target_modules: {exc}; linear layers in this model: {', '.join(names)}") from None
+
+
+# The query and value projections by family: BERT's, Llama's/Mistral's/Qwen's, GPT-2's fused ones,
+# Phi-3's fused ones. LoRA on these two is the original paper's recipe.
+_PROJECTIONS = (("query", "value"), ("q_proj", "v_proj"), ("c_attn",), ("qkv_proj",), ("q", "v"))
+
+
+def _attention_projections(names: list[str]) -> list[str]:
+    for group in _PROJECTIONS:
+        if all(name in names for name in group):
+            return list(group)
+    raise ConfigError(f"train.lora.target_modules: not set, and this model has none of the usual attention "
+                      f"projections; set it to some of its linear layers: {', '.join(names)}")
 
 
 def build_optimizer(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
