@@ -78,7 +78,16 @@ def _from_gguf(package: Path, name: str, gguf: str) -> Path:
     staged = target.with_name(f".{name}.{os.getpid()}.tmp")
     shutil.rmtree(staged, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(str(package), gguf_file=gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(str(package), gguf_file=gguf)
+    # The dequantised weights are plain fp32, but transformers marks a GGUF-loaded model as quantized and
+    # refuses to save it: the same weights go into a model built from its (unquantized) config.
+    config = loaded.config
+    for key in ("quantization_config",):
+        if hasattr(config, key):
+            delattr(config, key)
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
     model.save_pretrained(staged, safe_serialization=True)
     tokenizer.save_pretrained(staged)
     target.parent.mkdir(parents=True, exist_ok=True)

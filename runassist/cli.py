@@ -390,6 +390,25 @@ def serve(run: Path, host: str = typer.Option("127.0.0.1", "--host", help="0.0.0
 
 
 @app.command()
+def chat(run: Path, max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="longest reply"),
+         temperature: Optional[float] = typer.Option(None, "--temperature", help="sample at this temperature"),
+         backend: str = typer.Option("torch", "--backend")) -> None:
+    """Talk to a chat run in the terminal; replies are printed as they are made. /reset, /exit."""
+    from runassist.chat_session import chat_session
+    from runassist.predict import Predictor
+
+    settings: dict = {}
+    if max_new_tokens is not None:
+        settings["max_new_tokens"] = max_new_tokens
+    if temperature is not None:
+        settings.update(do_sample=True, temperature=temperature)
+    predictor = Predictor.from_run(run, backend=backend)
+    if sys.stdin.isatty():
+        err.print(escape(f"chatting with {run.name} (/reset starts over, /exit ends)"))
+    chat_session(predictor, settings=settings or None)
+
+
+@app.command()
 def mcp(run: Path, backend: str = typer.Option("torch", "--backend")) -> None:
     """An MCP server over stdio exposing the model as a tool for LLM agents."""
     import logging

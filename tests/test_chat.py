@@ -161,3 +161,66 @@ def test_a_killed_lora_run_resumes_to_the_same_weights(chat_files, tiny_llama, t
         a, b = load_file(straight.run / name), load_file(resumed.run / name)
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), name
     assert resumed.summary["test"] == straight.summary["test"]
+
+
+def test_training_data_is_scored_and_prediction_input_is_answered(tmp_path, tiny_llama):
+    """A conversation in a data file is scored even when it ends with the user (chitchat does); read
+    for prediction, one ending with the user gets a reply; a file mixing both is answered per kind."""
+    from runassist.data.chat import scan_chat_jsonl
+
+    rows = [{"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
+                          {"role": "user", "content": "bye"}]},
+            {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]}]
+    path = write_jsonl(tmp_path, rows, "mixed.jsonl")
+    task = _task()
+    tokenizer = task.load_processor(str(tiny_llama))
+    labelled = scan_chat_jsonl(path).examples
+    assert [f.meta["generate"] for f in task.encode(labelled, tokenizer, TaskState(None))] == [False, False]
+    for_prediction = scan_chat_jsonl(path, require_labels=False).examples
+    assert [ex.respond for ex in for_prediction] == [True, False]
+
+    from runassist.inference import predict_examples
+
+    model = task.build_model(str(tiny_llama), TaskState(None)).eval()
+    answered, scored = predict_examples(task, model, tokenizer, for_prediction, TaskState(None))
+    assert isinstance(answered.reply, str) and answered.loss is None
+    assert scored.reply is None and scored.tokens == 2  # "hi" and its end-of-turn mark
+
+
+@pytest.fixture(scope="module")
+def chat_run(chat_files, tiny_llama, tmp_path_factory):
+    from runassist.tasks import load_config
+    from runassist.train.run import train
+
+    out = tmp_path_factory.mktemp("chat-run")
+    return train(load_config(None, _overrides(chat_files, tiny_llama, out, epochs=10)), progress=False).run
+
+
+@pytest.mark.slow
+def test_runassist_chat_in_the_terminal_keeps_the_conversation(chat_run):
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "runassist.cli", "chat", str(chat_run)],
+                          input="hello\nbye\n/reset\nwhat is your name\n", capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["hi how are you", "see you later", "i am bot"]
+    assert "(conversation cleared)" in done.stderr
+
+
+def test_replies_stream_in_pieces_and_a_stop_ends_them(chat_run):
+    import threading
+
+    from runassist.predict import Predictor
+
+    predictor = Predictor.from_run(chat_run)
+    example = predictor.task.example_from_input("hello")
+    pieces = list(predictor.task.stream(predictor.model, predictor.processor, example, predictor.state))
+    assert len(pieces) > 1 and "".join(pieces).strip() == "hi how are you"
+    stop = threading.Event()
+    stop.set()  # already stopped: at most the first token comes out
+    early = list(predictor.task.stream(predictor.model, predictor.processor, example, predictor.state, stop=stop,
+                                       settings={"max_new_tokens": 200}))
+    assert len("".join(early).split()) <= 1

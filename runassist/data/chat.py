@@ -36,7 +36,9 @@ def scan_chat_jsonl(path: str | Path, *, require_labels: bool = True) -> Split:
             problems.append(Problem(path, line, "an empty message"))
         if require_labels and not any(role == "assistant" for role, _ in messages):
             problems.append(Problem(path, line, "no assistant message: nothing to learn from this conversation"))
-        examples.append(ChatExample(tuple(messages), f"{path}:{line}"))
+        # Read for prediction (no labels required), a conversation ending with the user gets a reply.
+        respond = not require_labels and messages[-1][0] != "assistant"
+        examples.append(ChatExample(tuple(messages), f"{path}:{line}", respond))
     return Split(path, examples, problems)
 
 

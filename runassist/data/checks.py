@@ -107,12 +107,14 @@ def check_data(task: Any, data: DataConfig, *, processor: Any = None) -> CheckRe
         except RunassistError as exc:  # an alias or config problem: say which split
             report.errors.append(f"data.{name}: {exc}")
             continue
-        read[name] = split.examples
+        # As many as training will read (data.max_train_examples / max_eval_examples).
+        limit = data.max_train_examples if name == "train" else data.max_eval_examples
+        read[name] = split.examples[:limit]
         report.errors += [str(p) for p in split.problems[:MAX_LISTED]]
         if len(split.problems) > MAX_LISTED:
             report.errors.append(f"{spec}: {len(split.problems) - MAX_LISTED} more problems like these "
                                  f"({len(split.problems)} in all)")
-        report.splits[name] = task.split_stats(spec, split.examples)
+        report.splits[name] = task.split_stats(spec, read[name])
 
     task.check_labels(read, report)
     for name, other in (("dev", "train"), ("test", "train"), ("test", "dev")):

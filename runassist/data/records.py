@@ -101,3 +101,4 @@ class ChatExample:
 
     messages: tuple[tuple[str, str], ...]
     source: str = ""
+    respond: bool = False  # predict the next assistant message (True), or score the assistant's messages

@@ -105,17 +105,17 @@ class ChatTask(BaseTask):
         messages = list(example.messages)
         while messages and messages[-1][0] == "assistant":
             messages.pop()
-        return dataclasses.replace(example, messages=tuple(messages))
+        return dataclasses.replace(example, messages=tuple(messages), respond=True)
 
     def example_from_input(self, item: Any) -> ChatExample:
         """A message (the user's), or ``{"messages": [{"role", "content"}, ...]}`` (OpenAI's layout)."""
         from runassist.data.chat import _messages
 
         if isinstance(item, str):
-            return ChatExample((("user", item),))
+            return ChatExample((("user", item),), respond=True)
         if isinstance(item, dict):
             try:
-                return ChatExample(tuple(_messages(item)))
+                return ChatExample(tuple(_messages(item)), respond=True)
             except ValueError as exc:
                 raise ValueError(str(exc)) from None
         raise ValueError('each input must be a message (a string) or {"messages": [{"role", "content"}, ...]}')
@@ -164,13 +164,13 @@ class ChatTask(BaseTask):
 
     # -- features -----------------------------------------------------------
     def encode(self, examples: Sequence[ChatExample], tokenizer: Any, state: TaskState) -> list[Feature]:
-        """A conversation ending with an assistant message: its tokens and the assistant-token mask
-        (dropped, counted in feature_stats, when no assistant token is left within max_length).
-        One ending with a user message: the prompt to generate from, cut from the left to fit."""
+        """A conversation to score (or train on): its tokens and the assistant-token mask (dropped, and
+        counted, when no assistant token is left within max_length). One to respond to: the prompt to
+        generate from, cut from the left to fit."""
         features = []
         limit = self.model_cfg.max_length
         for index, ex in enumerate(examples):
-            if not ex.messages or ex.messages[-1][0] != "assistant":
+            if ex.respond:
                 prompt = tokenizer.apply_chat_template(self._messages(ex), tokenize=False, add_generation_prompt=True)
                 ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
                 keep = max(8, limit - self.task_cfg.generation.max_new_tokens)
@@ -240,6 +240,17 @@ class ChatTask(BaseTask):
     def infer(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], features: Sequence[Feature],
               processor: Any = None) -> list[Any]:
         """Generated replies (text), or per conversation (summed NLL, tokens) of its assistant tokens."""
+        kinds = {f.meta["generate"] for f in features}
+        if len(kinds) > 1:  # a file of conversations to answer and to score: each kind as its own batch
+            out: list[Any] = [None] * len(features)
+            for generate in kinds:
+                idx = [i for i, f in enumerate(features) if f.meta["generate"] == generate]
+                part = [features[i] for i in idx]
+                sub = self.collate([dataclasses.replace(f, target=None) for f in part], processor)
+                sub = {k: v.to(batch["input_ids"].device) for k, v in sub.items()}
+                for i, result in zip(idx, self.infer(model, sub, part, processor)):
+                    out[i] = result
+            return out
         if features[0].meta["generate"]:
             config = generation_config(self.task_cfg.generation, processor, model)
             out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
