@@ -102,3 +102,15 @@ class ChatExample:
     messages: tuple[tuple[str, str], ...]
     source: str = ""
     respond: bool = False  # predict the next assistant message (True), or score the assistant's messages
+
+
+@dataclass(frozen=True)
+class Seq2SeqExample:
+    """A source text and the text a model should write for it (a summary, a translation, ...).
+
+    ``target`` is None for unlabelled input (prediction).
+    """
+
+    text: str
+    target: str | None = None
+    source: str = ""

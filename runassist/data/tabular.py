@@ -84,6 +84,16 @@ def _records_json(path: str) -> Iterator[tuple[int | None, dict[str, Any]]]:
     yield from iter_jsonl(path, text)
 
 
+def table_records(path: str, fmt: str) -> tuple[list[str] | None, Iterator[tuple[int | None, dict[str, Any]]]]:
+    """The records of a CSV, TSV or JSON-lines file (``fmt``), each with its line (None for records of a
+    JSON array), and the CSV/TSV header (None for JSON, whose records bring their own keys). Other
+    readers of column data (text pairs) share this with ``read_texts``."""
+    if fmt in ("csv", "tsv"):
+        header, rows = _records_csv(path, "," if fmt == "csv" else "\t")
+        return header, iter(rows)
+    return None, _records_json(path)
+
+
 def _labels(value: Any, *, path: str, line: int | None, multi_label: bool, separator: str | None) -> tuple[str, ...]:
     if value is None:
         parts: list[Any] = []
@@ -137,12 +147,7 @@ def read_texts(
     if fmt == "folder":
         return read_folder(path, require_labels=require_labels)
 
-    if fmt in ("csv", "tsv"):
-        header, rows = _records_csv(path, "," if fmt == "csv" else "\t")
-        columns: list[str] | None = header
-        records: Iterator[tuple[int | None, dict[str, Any]]] = iter(rows)
-    else:
-        columns, records = None, _records_json(path)  # JSON keys are checked per record
+    columns, records = table_records(path, fmt)  # columns: None for JSON, whose keys are checked per record
     wanted = [text_column] + ([text_pair_column] if text_pair_column else [])
     if columns is not None:
         _require_columns(path, columns, wanted + ([label_column] if require_labels else []), line=1, kind="column")
