@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from runassist.config import Config
 from runassist.tasks import task_class, validate_config
@@ -68,9 +69,19 @@ COMMENTS: dict[str, str] = {
 
 def task_comments(task: str) -> dict[str, str]:
     """``task.KEY`` -> the comment the task's section gives its key (its ``Field`` description)."""
-    section = task_class(task).Section
-    comments = {f"task.{key}": field.description or "" for key, field in section.model_fields.items()}
+    comments = _field_comments("task", task_class(task).Section)
     comments["task.name"] = f"{task}; other tasks: `runassist init --list`"
+    return comments
+
+
+def _field_comments(prefix: str, model: type[BaseModel]) -> dict[str, str]:
+    """``prefix.KEY`` -> its ``Field`` description, and the same for the keys of a nested section
+    (``task.generation.max_new_tokens``)."""
+    comments = {}
+    for key, field in model.model_fields.items():
+        comments[f"{prefix}.{key}"] = field.description or ""
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            comments.update(_field_comments(f"{prefix}.{key}", field.annotation))
     return comments
 
 

@@ -84,6 +84,11 @@ class BaseTask:
     def read(self, spec: str, *, require_labels: bool = True) -> list[Any]:
         return self.scan(spec, require_labels=require_labels).examples
 
+    def dev_examples(self, examples: Sequence[Any]) -> list[Any]:
+        """The dev examples scored at each evaluation during training (all of them by default; a
+        generative task may score fewer, as generating is slow). `evaluate` always scores the whole split."""
+        return list(examples)
+
     def label_units(self, example: Any) -> Sequence[str]:
         """The labels an example carries, as check-data and compare count them."""
         return tuple(getattr(example, "labels", ()) or ())

@@ -32,6 +32,8 @@ class GenerationSettings(BaseModel):
 
 
 PADDING = Literal["left", "right"]
+# Kept from a model's own generation config: what it needs to write well-formed text at all.
+_STRUCTURAL = ("forced_bos_token_id", "forced_eos_token_id", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens")
 
 
 def generation_config(settings: GenerationSettings, processor: Any, model: Any,
@@ -43,11 +45,17 @@ def generation_config(settings: GenerationSettings, processor: Any, model: Any,
     if not values["do_sample"]:  # transformers warns about sampling settings it would ignore
         for key in ("temperature", "top_p", "top_k"):
             values.pop(key)
+    if values["num_beams"] == 1:  # a beam-only setting without beams makes save_pretrained refuse the config
+        values.pop("length_penalty")
     tokenizer = getattr(processor, "tokenizer", processor)
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None) or tokenizer.eos_token_id
+    own = getattr(model, "generation_config", None)
+    eos = getattr(own, "eos_token_id", None) or tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
     start = getattr(getattr(model, "config", None), "decoder_start_token_id", None)
-    return GenerationConfig(**values, eos_token_id=eos, pad_token_id=pad,
+    # What the model needs to write well-formed text at all (Marian never writes its pad token, mBART-50
+    # starts with the target language) is kept; lengths, beams and sampling are the run's settings alone.
+    kept = {key: getattr(own, key) for key in _STRUCTURAL if getattr(own, key, None) is not None}
+    return GenerationConfig(**values, **kept, eos_token_id=eos, pad_token_id=pad,
                             **({"decoder_start_token_id": start} if start is not None else {}))
 
 

@@ -87,6 +87,16 @@ def load_tokenizer(source: str) -> Any:
     return tokenizer
 
 
+def load_config(source: str) -> Any:
+    """The model's ``config.json`` (``AutoConfig``), a missing or unreachable one as one line: for a task
+    whose encoding depends on the kind of model (encoder-decoder or decoder-only)."""
+    from transformers import AutoConfig
+
+    quiet_transformers()
+    with _loading(source, "config"):
+        return AutoConfig.from_pretrained(source)
+
+
 def load_model(auto_cls: Any, source: str, labels: list[str] | None, *, dropout: float | None = None,
                **config_kwargs: Any) -> Any:
     """``auto_cls.from_pretrained`` from safetensors, with the head sized for ``labels`` (None: the

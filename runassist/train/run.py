@@ -54,7 +54,7 @@ def read_splits(task: Any, cfg: Config) -> Splits:
         if unseen:
             raise DataError(spec, None, f"labels never seen in training data: {', '.join(unseen)} "
                                         f"(run `runassist check-data` for the lines)")
-    return Splits(train, dev, test)
+    return Splits(train, task.dev_examples(dev) if dev is not None else None, test)
 
 
 def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> RunResult:
