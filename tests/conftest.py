@@ -180,6 +180,80 @@ def make_qa_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
+# -- generative models (the seq2seq task) ------------------------------------------------------------
+
+def _generator_tokenizer(specials: list[str], template: str, **tokens: str):
+    """A WordPiece tokenizer over WORDS (any ASCII word spells out in characters), with these specials
+    and a post-processor ``template`` ("$A </s>" for T5, "<s> $A" for a Llama)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab_list = specials + WORDS + chars + ["##" + c for c in string.ascii_lowercase + string.digits] + list(CJK)
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(s, vocab[s]) for s in specials if s in template.split()])
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", **tokens), vocab
+
+
+def build_tiny_t5_dir(folder: Path) -> Path:
+    """A 2+2-layer T5 with random weights: pad 0 (also the decoder start), eos 1, as T5 has them."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    fast, vocab = _generator_tokenizer(["<pad>", "</s>", "<unk>"], "$A </s>", pad_token="<pad>", eos_token="</s>")
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(vocab), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                      num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
+    T5ForConditionalGeneration(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_decoder_dir(folder: Path) -> Path:
+    """A 2-layer Llama with random weights whose tokenizer, like Llama's, adds <s> and has no pad token."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fast, vocab = _generator_tokenizer(["<s>", "</s>", "<unk>"], "<s> $A", bos_token="<s>", eos_token="</s>")
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    return build_tiny_t5_dir(tmp_path_factory.mktemp("tiny-t5") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tmp_path_factory) -> Path:
+    return build_tiny_decoder_dir(tmp_path_factory.mktemp("tiny-decoder") / "model")
+
+
+def make_seq2seq_rows(n: int, seed: int = 0) -> list[dict]:
+    """A few filler words around one name; the target is the name ("the river mary smith said" ->
+    "mary smith"): a tiny model learns to copy it out in seconds."""
+    rng = random.Random(seed)
+    names = sorted({name for v in TYPES.values() for name in v})
+    fillers = [w for w in WORDS if w not in {x for name in names for x in name.split()}]
+    rows = []
+    for _ in range(n):
+        words = rng.sample(fillers, rng.randint(2, 6))
+        name = rng.choice(names)
+        words.insert(rng.randint(0, len(words)), name)
+        rows.append({"source": " ".join(words), "target": name})
+    return rows
+
+
 CHAT_WORDS = ("hello hi how are you good fine thanks bye see later what is your name i am bot user weather sunny "
               "rain today nice day the a yes no ok").split()
 

@@ -65,7 +65,7 @@ def test_bad_yaml_names_file_and_line(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("task", ["ner", "classify", "qa", "relations"])
+@pytest.mark.parametrize("task", ["ner", "classify", "qa", "relations", "seq2seq"])
 def test_init_comments_every_key_and_loads(task, tmp_path):
     text = render(task)
     cfg = validate_config(yaml.safe_load(text))

@@ -225,8 +225,23 @@ def _chat_data(tmp: Path) -> tuple[list[str], list, str]:
                     "task.generation.max_new_tokens=8"], ["hello", "bye"], "perplexity"
 
 
+
+def _seq2seq_data(tmp: Path) -> tuple[list[str], list, str]:
+    from conftest import build_tiny_t5_dir, make_seq2seq_rows
+
+    specs = []
+    for split, n, seed in (("train", 96, 0), ("dev", 24, 1), ("test", 24, 2)):
+        path = tmp / f"{split}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in make_seq2seq_rows(n, seed)), encoding="utf-8")
+        specs.append(f"data.{split}={path}")
+    model = build_tiny_t5_dir(tmp / "t5")  # an encoder-decoder: the BERT the others use cannot write text
+    return specs + [f"model.source={model}", "train.lr=3e-3", "train.epochs=6", "task.generation.max_new_tokens=8"], \
+        ["the river and mary smith said", "a great film in london"], "rougeL"
+
+
+
 DATA = {"ner": _ner_data, "classify": _classify_data, "qa": _qa_data, "relations": _relations_data,
-        "chat": _chat_data, "text-score": _score_data}
+        "chat": _chat_data, "seq2seq": _seq2seq_data, "text-score": _score_data}
 
 
 def test_every_task_has_contract_data():
@@ -249,6 +264,8 @@ def _check_answers(task: str, rows: list[dict]) -> None:
         assert all(r["end"] - r["start"] == len(r["answer"]) for r in rows)
     elif task == "chat":
         assert rows == [{"reply": "hi how are you"}, {"reply": "see you later"}]
+    elif task == "seq2seq":
+        assert rows == [{"output": "mary smith"}, {"output": "london"}]
     else:  # learned the sign of the words: positive text above zero, negative below
         assert rows[0]["score"] > 0.3 and rows[1]["score"] < -0.3, rows
 

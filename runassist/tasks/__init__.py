@@ -25,9 +25,10 @@ from runassist.tasks.classify import ClassifyTask
 from runassist.tasks.ner import NerTask
 from runassist.tasks.qa import QATask
 from runassist.tasks.relations import RelationsTask
+from runassist.tasks.seq2seq import Seq2SeqTask
 
 TASKS: dict[str, type] = {"ner": NerTask, "classify": ClassifyTask, "qa": QATask, "relations": RelationsTask,
-                         "chat": ChatTask}
+                         "chat": ChatTask, "seq2seq": Seq2SeqTask}
 ENTRY_POINTS = "runassist.tasks"
 
 
