@@ -483,3 +483,10 @@ def test_init_comments_the_generation_keys_too():
     text = render("seq2seq")
     assert "    max_new_tokens: 128  # longest output, in tokens (never the default 20)" in text
     assert "  headline: rougeLsum  # the score early stopping" in text
+
+
+def test_the_example_config_loads():
+    from runassist.tasks import load_config
+
+    cfg = load_config(REPO / "examples" / "seq2seq.yaml")
+    assert cfg.task.name == "seq2seq" and cfg.task.generation.num_beams == 4 and cfg.task.headline == "rougeLsum"
