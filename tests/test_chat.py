@@ -224,3 +224,17 @@ def test_replies_stream_in_pieces_and_a_stop_ends_them(chat_run):
     early = list(predictor.task.stream(predictor.model, predictor.processor, example, predictor.state, stop=stop,
                                        settings={"max_new_tokens": 200}))
     assert len("".join(early).split()) <= 1
+
+
+def test_freezing_finds_a_llama_style_models_embeddings_and_layers(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from runassist.train.setup import apply_freeze
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    frozen = apply_freeze(model, "bottom:1")
+    assert "model.embed_tokens.weight" in frozen
+    assert any(n.startswith("model.layers.0.") for n in frozen) and not any(n.startswith("model.layers.1.")
+                                                                              for n in frozen)
+    head_only = apply_freeze(AutoModelForCausalLM.from_pretrained(tiny_llama), "head_only")
+    assert any(n.startswith("model.layers.1.") for n in head_only)
