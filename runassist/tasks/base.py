@@ -70,7 +70,7 @@ class Capabilities:
 
     onnx: bool = True  # forward is a function of the batch tensors alone: torch.onnx.export can trace it
     int8_guard: bool = True  # decision_rows/margins say how close a decision is to flipping (export.Guard)
-    streams: bool = False  # predictions come token by token (generation)
+    streams: bool = False  # predictions come token by token (generation): stream() and prompt_tokens()
 
 
 class Task(Protocol):

@@ -171,8 +171,7 @@ class ChatTask(BaseTask):
         limit = self.model_cfg.max_length
         for index, ex in enumerate(examples):
             if ex.respond:
-                prompt = tokenizer.apply_chat_template(self._messages(ex), tokenize=False, add_generation_prompt=True)
-                ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                ids = self._prompt_ids(tokenizer, ex)
                 keep = max(8, limit - self.task_cfg.generation.max_new_tokens)
                 features.append(Feature(example=index, inputs={"input_ids": ids[-keep:]},
                                         meta={"generate": True, "cut": len(ids) > keep}))
@@ -187,6 +186,10 @@ class ChatTask(BaseTask):
             features.append(Feature(example=index, inputs={"input_ids": ids}, target=target,
                                     meta={"generate": False, "cut": len(encoded["input_ids"]) > limit}))
         return features
+
+    def _prompt_ids(self, tokenizer: Any, example: ChatExample) -> list[int]:
+        prompt = tokenizer.apply_chat_template(self._messages(example), tokenize=False, add_generation_prompt=True)
+        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def feature_stats(self, features: Sequence[Feature]) -> dict[str, int]:
         stats = super().feature_stats(features)
@@ -299,12 +302,17 @@ class ChatTask(BaseTask):
         return {"messages": [{"role": r, "content": c} for r, c in example.messages]}
 
     def stream(self, model: torch.nn.Module, processor: Any, example: ChatExample, state: TaskState, *,
-               stop: Any = None, settings: dict[str, Any] | None = None) -> Any:
+               stop: Any = None, settings: dict[str, Any] | None = None, usage: dict[str, Any] | None = None) -> Any:
         (feature,) = self.encode([self.unlabelled(example)], processor, state)
         batch = self.collate([feature], processor)
         device = next(model.parameters()).device
         config = generation_config(self.task_cfg.generation, processor, model, settings)
-        return stream_text(model, processor, {k: v.to(device) for k, v in batch.items()}, config, stop=stop)
+        return stream_text(model, processor, {k: v.to(device) for k, v in batch.items()}, config, stop=stop,
+                           usage=usage)
+
+    def prompt_tokens(self, processor: Any, example: ChatExample) -> int:
+        """The prompt's length before ``encode`` cuts it from the left to fit model.max_length."""
+        return len(self._prompt_ids(processor, self.unlabelled(example)))
 
     # -- check-data -----------------------------------------------------------
     def check_labels(self, read: dict[str, list[Any]], report: CheckReport) -> None:

@@ -194,10 +194,16 @@ class BaseTask:
 
     # -- generation ------------------------------------------------------------------------------
     def stream(self, model: torch.nn.Module, processor: Any, example: Any, state: TaskState, *,
-               stop: Any = None, settings: dict[str, Any] | None = None) -> Any:
+               stop: Any = None, settings: dict[str, Any] | None = None, usage: dict[str, Any] | None = None) -> Any:
         """The prediction for one example as text pieces, as they are made (``capabilities.streams``);
         ``stop`` (a threading.Event) ends it early; ``settings`` override the run's generation settings
-        (max_new_tokens, temperature, ...)."""
+        (max_new_tokens, temperature, ...); ``usage`` (a dict) is filled when it ends: prompt_tokens,
+        completion_tokens, and ``ended``: eos, length or stopped (generation.stream_text)."""
+        raise ValueError(f"a {self.name} model does not stream its predictions")
+
+    def prompt_tokens(self, processor: Any, example: Any) -> int:
+        """How many tokens the prompt of a streamed prediction has, before any cut: the service
+        refuses a prompt longer than model.max_length."""
         raise ValueError(f"a {self.name} model does not stream its predictions")
 
     def default_lora(self, model: torch.nn.Module) -> Any:

@@ -70,15 +70,29 @@ class _StopOnEvent:
 
 
 def stream_text(model: Any, processor: Any, inputs: dict[str, torch.Tensor], config: Any, *,
-                stop: threading.Event | None = None) -> Iterator[str]:
+                stop: threading.Event | None = None, usage: dict[str, Any] | None = None) -> Iterator[str]:
     """Generate for one input and yield the text as it is made (``TextIteratorStreamer`` in a thread).
-    Setting ``stop`` ends generation within a token; leaving the iterator early sets it."""
+    Setting ``stop`` ends generation within a token; leaving the iterator early sets it. ``usage``, when
+    given, is filled once generation ends: ``prompt_tokens``, ``completion_tokens`` (counted as they are
+    made, the end-of-sequence token included) and ``ended``: ``eos``, ``length`` (max_new_tokens
+    reached) or ``stopped`` (``stop`` was set)."""
     from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+    class CountingStreamer(TextIteratorStreamer):
+        tokens, last = 0, None
+
+        def put(self, value: torch.Tensor) -> None:
+            if not (self.skip_prompt and self.next_tokens_are_prompt):
+                self.tokens += value.numel()  # one sequence: one token a step
+                self.last = int(value.reshape(-1)[-1])
+            super().put(value)
 
     tokenizer = getattr(processor, "tokenizer", processor)
     stop = stop or threading.Event()
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    streamer = CountingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
     failure: list[BaseException] = []
+    mask = inputs.get("attention_mask")
+    prompt_tokens = int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
 
     def run() -> None:
         try:
@@ -88,6 +102,12 @@ def stream_text(model: Any, processor: Any, inputs: dict[str, torch.Tensor], con
         except BaseException as exc:  # noqa: BLE001 -- handed to the consumer below
             failure.append(exc)
             streamer.end()
+            return
+        if usage is not None:
+            eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+            ended = "eos" if streamer.last in eos else "length" if streamer.tokens >= config.max_new_tokens \
+                else "stopped"
+            usage.update(prompt_tokens=prompt_tokens, completion_tokens=streamer.tokens, ended=ended)
 
     thread = threading.Thread(target=run, daemon=True, name="runassist-generate")
     thread.start()
