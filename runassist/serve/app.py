@@ -1,7 +1,8 @@
 """The HTTP service: ``create_app(predictor, settings=...)`` -> a FastAPI app; ``serve(run, ...)`` runs it.
 
 Routes: ``POST /v1/predict``, ``GET /v1/model``, ``GET /v1/tools``, ``GET /metrics``,
-``GET /health``, and a page at ``/`` (with its files under ``/static``).
+``GET /health``, a page at ``/`` (with its files under ``/static``), and OpenAI's
+``POST /v1/chat/completions`` and ``GET /v1/models`` (openai_chat.py) for runs whose task streams.
 
 No module-level state: the predictor, the micro-batcher and the metrics belong to the app
 (``app.state``). Requests are checked at the edge (body size, JSON, types, limits) and
@@ -48,7 +49,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 ENV_RUN = "RUNASSIST_SERVE_RUN"  # the run folder, for app_from_env (uvicorn --workers N)
 ENV_OPTIONS = "RUNASSIST_SERVE_OPTIONS"  # JSON: backend, threads and ServeSettings fields except api_key
 ENV_API_KEY = "RUNASSIST_API_KEY"
-ROUTES = ("/", "/health", "/metrics", "/v1/model", "/v1/predict", "/v1/tools")
+ROUTES = ("/", "/health", "/metrics", "/v1/chat/completions", "/v1/model", "/v1/models", "/v1/predict", "/v1/tools")
 PUBLIC = ("/", "/health", "/favicon.ico")  # plus /static/*: the page holds no model data and asks for the key
 # The status counted for a request whose client hung up before it was read (no answer is sent):
 # nginx's "499 Client Closed Request", so a dashboard never shows it as the server's fault (500).
@@ -66,10 +67,13 @@ class ServeSettings:
     max_batch_size: int = 64  # inputs per predictor call (a request is never split)
     max_body_bytes: int = 1_000_000  # 413 above this
     max_inputs: int = DEFAULT_MAX_INPUTS  # inputs per request (422 above)
-    max_chars: int = DEFAULT_MAX_CHARS  # characters per input (422 above)
+    max_chars: int = DEFAULT_MAX_CHARS  # characters per input (422 above); per conversation for chat (400)
+    max_new_tokens: int = 1024  # chat: the most tokens a reply may ask for (max_tokens; 400 above)
+    max_generations: int = 2  # chat: generations running at once, per worker process (429 above)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_body_bytes", "max_inputs", "max_chars"):
+        for name in ("max_batch_size", "max_body_bytes", "max_inputs", "max_chars", "max_new_tokens",
+                     "max_generations"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise RunassistError(f"{name} = {getattr(self, name)!r}: give a whole number of 1 or more")
         if not self.max_wait_ms >= 0:
@@ -93,9 +97,11 @@ class ServeSettings:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, *, limit: str | None = None, value: Any = None):
+    def __init__(self, status: int, code: str, message: str, *, limit: str | None = None, value: Any = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.limit, self.value = status, code, message, limit, value
+        self.headers = headers
 
 
 def error_response(status: int, code: str, message: str, *, limit: str | None = None, value: Any = None,
@@ -116,6 +122,10 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
     metrics = Metrics(queued_items=lambda: batcher.queued_items, guard=getattr(predictor, "guard", None))
     batcher = Batcher(lambda examples: predict_json(predictor, examples), max_batch_size=settings.max_batch_size,
                       max_wait_ms=settings.max_wait_ms, on_batch=metrics.observe_batch)
+    from runassist.serve.openai_chat import chat_routes
+
+    chat, generations = chat_routes(predictor, settings, metrics, info["run"])
+    streams = bool(getattr(getattr(predictor.task, "capabilities", None), "streams", False))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -124,6 +134,7 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
             yield
         finally:
             await batcher.aclose()  # answers every request still queued, then stops the worker thread
+            await asyncio.to_thread(generations.close)  # ends generations still running, within a token
 
     app = FastAPI(title="runassist", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.predictor, app.state.settings = predictor, settings
@@ -136,7 +147,7 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return fail(exc.status, exc.code, exc.message, limit=exc.limit, value=exc.value)
+        return fail(exc.status, exc.code, exc.message, limit=exc.limit, value=exc.value, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -167,7 +178,8 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
 
     @app.get("/v1/model")
     async def model() -> JSONResponse:
-        return JSONResponse({**info, "limits": settings.public(), "tool": tool["function"]["name"]})
+        return JSONResponse({**info, "limits": settings.public(), "tool": tool["function"]["name"],
+                             "streams": streams})  # the page offers its chat box (/v1/chat/completions)
 
     @app.get("/v1/tools")
     async def tools() -> JSONResponse:
@@ -179,13 +191,7 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> JSONResponse:
-        body = await _read_body(request, settings.max_body_bytes)
-        try:
-            data = json.loads(body)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise ApiError(400, "bad_json", f"the body is not valid JSON ({exc})") from None
-        except RecursionError:
-            raise ApiError(400, "bad_json", "the body's JSON is nested too deeply") from None
+        data = await read_json(request, settings.max_body_bytes)
         try:
             examples = check_inputs(data, predictor, limits=settings.limits)
         except InputError as exc:
@@ -204,8 +210,20 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    app.include_router(chat)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON: 413 above ``limit`` bytes, 400 when it is not JSON."""
+    body = await _read_body(request, limit)
+    try:
+        return json.loads(body)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise ApiError(400, "bad_json", f"the body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ApiError(400, "bad_json", "the body's JSON is nested too deeply") from None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -79,9 +79,17 @@ class Metrics:
                            registry=into)
         self.in_flight = Gauge("runassist_predict_in_flight", "POST /v1/predict requests being answered.",
                                multiprocess_mode="livesum", registry=into)
+        # Chat generations (POST /v1/chat/completions), counted by their worker threads as they end.
+        self.generations = Counter("runassist_generations_total",
+                                   "Text generations, by how they ended (stop, length, cancelled: the client went "
+                                   "away, error).", ("finish",), registry=into)
+        self.generated_tokens = Counter("runassist_generated_tokens_total", "Tokens generated.", registry=into)
+        self.generating = Gauge("runassist_generations_in_flight", "Generations running (in worker threads).",
+                                multiprocess_mode="livesum", registry=into)
         # A new process whose pid a dead worker had would start from that worker's last values: reset.
         self.queue.set(0)
         self.in_flight.set(0)
+        self.generating.set(0)
         # With an int8 ONNX model: how often its guard sent a close call to the fp32 model.
         self.guard, self._guard_counted = guard, (0, 0)
         if guard is not None:
@@ -91,7 +99,8 @@ class Metrics:
                                           "Of those, re-run in fp32 because their decision margin was below the "
                                           f"guard threshold ({guard.threshold}).", registry=into)
 
-    # Every update below happens on the event loop; prometheus_client's values are thread-safe anyway.
+    # Every update below happens on the event loop; prometheus_client's values are thread-safe anyway (the
+    # generation metrics are updated from the worker threads that generate).
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
@@ -103,6 +112,10 @@ class Metrics:
         self.batch_latency.observe(seconds)
         self.count_queue()
         self._count_guard()
+
+    def observe_generation(self, finish: str, tokens: int) -> None:
+        self.generations.labels(finish).inc()
+        self.generated_tokens.inc(tokens)
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind).inc()
