@@ -1,8 +1,8 @@
-"""One tiny trained NER run shared by the serving, browser and MCP tests.
+"""One tiny trained NER run shared by the serving, browser and MCP tests, and two tiny chat runs.
 
 A fixture imported into several test modules becomes one fixture definition per module,
 each with its own cache, so a plain session fixture would train once per module. The run
-is therefore memoised here, at module level, and trained once per test session.
+is therefore memoised here, at module level, and trained once per test session (so are the chat runs).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_ner_sentences, ner_overrides, write_conll
+from conftest import make_chat_rows, make_ner_sentences, ner_overrides, write_conll, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 # the console script beside this interpreter (the venv's), else the one on PATH
@@ -74,6 +74,45 @@ def tiny_run(tiny_model, tmp_path_factory) -> TinyRun:
     found = _CACHE[key]
     assert found.tagged, "the tiny run tags none of the candidate sentences; train it longer"
     return found
+
+
+@dataclass(frozen=True)
+class ChatRuns:
+    trained: Path  # answers "hello" with "hi how are you", "bye" with "see you later"
+    untrained: Path  # one step at a learning rate of 1e-12: greedy decoding loops without ever ending
+
+
+_CHAT_CACHE: dict[str, ChatRuns] = {}
+
+
+def train_chat_runs(tiny_llama: Path, folder: Path) -> ChatRuns:
+    import torch
+
+    from runassist.tasks import load_config
+    from runassist.train.run import train
+
+    torch.set_num_threads(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {split: write_jsonl(folder, make_chat_rows(n, seed), f"{split}.jsonl")
+             for split, n, seed in (("train", 64, 0), ("dev", 16, 1), ("test", 16, 2))}
+
+    def overrides(out: str, **train_args) -> list[str]:
+        items = ["task=chat", f"model.source={tiny_llama}", "model.max_length=48", f"output.dir={folder / out}",
+                 *(f"data.{k}={v}" for k, v in files.items()), "train.batch_size=8", "train.threads=1",
+                 "train.precision=fp32", "train.warmup_ratio=0", "task.generation.max_new_tokens=8"]
+        return items + [f"train.{k}={v}" for k, v in train_args.items()]
+
+    trained = train(load_config(None, overrides("trained", epochs=10, lr="1e-2")), progress=False).run
+    untrained = train(load_config(None, overrides("untrained", max_steps=1, lr="1e-12")), progress=False).run
+    return ChatRuns(trained=trained, untrained=untrained)
+
+
+@pytest.fixture(scope="session")
+def chat_runs(tiny_llama, tmp_path_factory) -> ChatRuns:
+    key = str(tiny_llama)
+    if key not in _CHAT_CACHE:
+        _CHAT_CACHE[key] = train_chat_runs(tiny_llama, tmp_path_factory.mktemp("chat-runs"))
+    return _CHAT_CACHE[key]
 
 
 def free_port() -> int:
