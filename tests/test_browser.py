@@ -1,4 +1,5 @@
-"""The page at / in headless Chromium: NER highlighting with a legend, class bars, the API key field."""
+"""The page at / in headless Chromium: NER highlighting with a legend, class bars, the API key field,
+and the chat box of a run whose task streams."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from runassist.serve import ServeSettings, create_app
-from serve_fixtures import StubPredictor, ThreadedServer, tiny_run  # noqa: F401  (tiny_run is a fixture)
+from serve_fixtures import StubPredictor, ThreadedServer, chat_runs, tiny_run  # noqa: F401  (fixtures)
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
@@ -84,6 +85,7 @@ def test_classes_as_bars_and_the_api_key_field(browser):
     with ThreadedServer(create_app(stub, settings=ServeSettings(api_key="s3cret", max_wait_ms=1))) as server:
         page, errors = _open(browser, server.url)
         assert page.locator("#auth").is_visible()  # the server wants a key: the page asks for it
+        assert page.locator("#chat").is_hidden()  # a classifier does not chat
         assert "API key" in page.locator("#error").inner_text()  # /v1/model was refused without it
         page.fill("#api-key", "s3cret")
         page.dispatch_event("#api-key", "change")
@@ -140,4 +142,50 @@ def test_object_inputs_get_a_box_per_field_and_other_answers_show_as_json(browse
         assert '"answer": "mat"' in page.locator("#raw").text_content()
         assert page.locator("#result").inner_text() == "" and page.locator("#error").is_hidden()
         assert not errors, errors
+        page.close()
+
+
+def test_the_chat_box_streams_replies_and_keeps_the_conversation(browser, chat_runs):  # noqa: F811
+    from runassist.predict import Predictor
+
+    predictor = Predictor.from_run(chat_runs.trained)
+    with ThreadedServer(create_app(predictor, settings=ServeSettings(api_key="s3cret"))) as server:
+        page, errors = _open(browser, server.url)
+        page.fill("#api-key", "s3cret")
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_selector("#chat:not([hidden])", timeout=15_000)
+        assert page.locator("#try").is_hidden()  # a conversation instead of the one-shot form
+        # the reply as it grows: each text node put in a bubble (every textContent assignment makes a new one)
+        page.evaluate("""() => { window.seen = []; new MutationObserver((records) => {
+            for (const r of records) for (const n of r.addedNodes) if (n.nodeType === 3) window.seen.push(n.data);
+          }).observe(document.getElementById('chat-log'), {subtree: true, childList: true}); }""")
+        for turn, (text, expected) in enumerate((("hello", "hi how are you"), ("bye", "see you later"))):
+            page.fill("#chat-input", text)
+            page.press("#chat-input", "Enter")
+            page.wait_for_selector(f".msg-assistant:nth-child({2 * turn + 2})[data-done='1']", timeout=15_000)
+        roles = page.locator("#chat-log .msg").evaluate_all("ns => ns.map(n => n.dataset.role)")
+        assert roles == ["user", "assistant", "user", "assistant"]
+        texts = page.locator("#chat-log .msg-text").all_inner_texts()
+        assert texts == ["hello", "hi how are you", "bye", "see you later"]
+        first = page.locator(".msg-assistant").first
+        assert int(first.get_attribute("data-pieces")) > 1  # streamed in pieces, not at once
+        seen = [t for t in page.evaluate("window.seen") if t]
+        assert seen[:4] == ["hi", "hi how", "hi how are", "hi how are you"], seen  # shown token by token
+        # the user's text is text, never markup
+        page.fill("#chat-input", "<b>hello</b>")
+        page.click("#chat-send")
+        page.wait_for_selector(".msg-assistant:nth-child(6)[data-done='1']", timeout=15_000)
+        user = page.locator(".msg-user").last
+        assert user.inner_text() == "<b>hello</b>" and user.locator("b").count() == 0
+        assert page.locator("#error").is_hidden()
+        # a refused message: the service's error is shown, and the message is put back to be edited
+        long = " ".join(["hello"] * 50)
+        page.fill("#chat-input", long)
+        page.click("#chat-send")
+        page.wait_for_selector("#error:not([hidden])", timeout=15_000)
+        assert "model.max_length=48" in page.locator("#error").inner_text()
+        assert page.locator("#chat-log .msg").count() == 6 and page.input_value("#chat-input") == long
+        page.click("#chat-new")
+        assert page.locator("#chat-log .msg").count() == 0
+        assert not [e for e in errors if "401" not in e], errors
         page.close()

@@ -3,13 +3,16 @@
 // Nothing here knows a task by name: the input boxes follow the tool's input schema
 // (GET /v1/tools: one box for a text, one per field for an object such as a question and its
 // context), and a prediction is drawn by its shape (entities with offsets, label probabilities,
-// or else its JSON).
+// or else its JSON). A run whose task streams (GET /v1/model: "streams") gets a chat box instead,
+// talking to the OpenAI-compatible POST /v1/chat/completions: the reply is read token by token
+// from its server-sent events (fetch + ReadableStream).
 "use strict";
 
 const PALETTE = ["#7aecec", "#bfeeb7", "#feca74", "#ff9561", "#aa9cfc", "#c887fb", "#9cc9cc", "#ffeb80",
                  "#ff8197", "#f0d0ff", "#e4e7d2", "#bfe1d9", "#e2b4a6", "#c5d1f7"];
 const $ = (id) => document.getElementById(id);
 const state = { info: null, types: [], fields: null, json: [], key: sessionStorage.getItem("runassist-api-key") || "" };
+const chat = { messages: [], controller: null };  // the conversation so far; the reply being streamed
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -205,11 +208,114 @@ async function predict() {
   }
 }
 
+// -- chat ----------------------------------------------------------------------
+
+function chatBubble(role, text) {
+  const node = el("div", { class: `msg msg-${role}`, "data-role": role }, el("div", { class: "msg-text" }));
+  node.firstChild.textContent = text;  // never markup: the user's text and the model's are both untrusted
+  $("chat-log").append(node);
+  node.scrollIntoView({ block: "end" });
+  return node;
+}
+
+function chatBusy(busy) {
+  $("chat-send").disabled = busy;
+  $("chat-stop").hidden = !busy;
+}
+
+// The events of an OpenAI streamed completion ("data: {json}" blocks, then "data: [DONE]"): calls
+// onDelta with each piece of the reply's text.
+async function readEvents(response, onDelta) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      for (const line of block.split("\n")) {
+        if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
+        const chunk = JSON.parse(line.slice(6));
+        if (chunk.error) throw new Error(chunk.error.message);
+        const delta = chunk.choices && chunk.choices[0] ? chunk.choices[0].delta : null;
+        if (delta && delta.content) onDelta(delta.content);
+      }
+    }
+  }
+}
+
+async function sendChat() {
+  const text = $("chat-input").value;
+  if (!text.trim() || chat.controller) return;
+  showError("");
+  $("chat-input").value = "";
+  const conversation = chat.messages;  // "New conversation" while this streams starts another
+  conversation.push({ role: "user", content: text });
+  const asked = chatBubble("user", text);
+  const reply = chatBubble("assistant", "");
+  reply.classList.add("pending");
+  chat.controller = new AbortController();
+  chatBusy(true);
+  $("chat-status").textContent = "generating…";
+  const started = performance.now();
+  let content = "", pieces = 0;
+  try {
+    const response = await fetch("v1/chat/completions", {
+      method: "POST", headers: headers(), signal: chat.controller.signal,
+      body: JSON.stringify({ model: state.info ? state.info.run : "", messages: chat.messages, stream: true }),
+    });
+    if (!response.ok) {
+      let body = null;
+      try { body = await response.json(); } catch (e) { /* not JSON */ }
+      if (response.status === 401) $("auth").hidden = false;
+      throw new Error(body && body.error ? body.error.message : `HTTP ${response.status}`);
+    }
+    await readEvents(response, (piece) => {
+      content += piece;
+      pieces += 1;
+      reply.firstChild.textContent = content;
+      reply.dataset.pieces = String(pieces);
+      reply.scrollIntoView({ block: "end" });
+    });
+    $("chat-status").textContent = `${Math.round(performance.now() - started)} ms`;
+  } catch (e) {
+    if (e.name !== "AbortError") showError(e.message);
+    $("chat-status").textContent = e.name === "AbortError" ? "stopped" : "";
+  } finally {
+    reply.classList.remove("pending");
+    if (content.trim()) {
+      conversation.push({ role: "assistant", content });  // a stopped reply is kept as far as it got
+    } else if (conversation === chat.messages) {  // nothing came back: take the question back, to send again
+      conversation.pop();
+      asked.remove();
+      reply.remove();
+      if (!$("chat-input").value) $("chat-input").value = text;
+    }
+    reply.dataset.done = "1";
+    chat.controller = null;
+    chatBusy(false);
+  }
+}
+
+function newConversation() {
+  if (chat.controller) chat.controller.abort();
+  chat.messages = [];
+  $("chat-log").replaceChildren();
+  $("chat-status").textContent = "";
+  showError("");
+}
+
 async function loadInfo() {
   try {
     const [info, tool] = await Promise.all([api("v1/model"), api("v1/tools")]);
     renderForm(((tool.function.parameters.properties || {}).inputs || {}).items);
     renderInfo(info);
+    $("chat").hidden = !info.streams;  // a model that generates text: a conversation, not one prediction
+    $("try").hidden = !!info.streams;
     showError("");
   } catch (e) {
     showError(e.message);
@@ -224,6 +330,12 @@ async function main() {
     loadInfo();
   });
   $("submit").addEventListener("click", predict);
+  $("chat-send").addEventListener("click", sendChat);
+  $("chat-stop").addEventListener("click", () => chat.controller && chat.controller.abort());
+  $("chat-new").addEventListener("click", newConversation);
+  $("chat-input").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); sendChat(); }
+  });
   $("fields").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) predict();
   });
