@@ -377,7 +377,10 @@ def serve(run: Path, host: str = typer.Option("127.0.0.1", "--host", help="0.0.0
           backend: str = typer.Option("torch", "--backend", help="torch | onnx"),
           api_key: Optional[str] = typer.Option(None, "--api-key", envvar="RUNASSIST_API_KEY",
                                                 help="required in X-API-Key / Bearer on every route but /health"),
-          max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="micro-batch gathering window")) -> None:
+          max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="micro-batch gathering window"),
+          max_generations: int = typer.Option(2, "--max-generations",
+                                              help="chat: generations at once per worker (429 above)"),
+          max_new_tokens: int = typer.Option(1024, "--max-new-tokens", help="chat: the largest max_tokens")) -> None:
     """An HTTP service (and a page to try the model) for a trained run."""
     from runassist.serve import serve as serve_run
 
@@ -386,7 +389,8 @@ def serve(run: Path, host: str = typer.Option("127.0.0.1", "--host", help="0.0.0
         # empty key on, for serve() to refuse it.
         api_key = os.environ["RUNASSIST_API_KEY"]
 
-    serve_run(run, host=host, port=port, workers=workers, backend=backend, api_key=api_key, max_wait_ms=max_wait_ms)
+    serve_run(run, host=host, port=port, workers=workers, backend=backend, api_key=api_key, max_wait_ms=max_wait_ms,
+              max_generations=max_generations, max_new_tokens=max_new_tokens)
 
 
 @app.command()

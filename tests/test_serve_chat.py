@@ -298,3 +298,18 @@ def test_stop_strings_are_cut_across_pieces():
     cut = StopCut(["END"])
     assert [cut.feed(p) for p in ("a E", "N", "d")] == ["a ", "", "ENd"] and not cut.hit
     assert cut.feed("x EN") == "x " and cut.flush() == "EN"
+
+
+def test_the_cli_passes_the_chat_limits_to_the_server(monkeypatch):
+    from runassist import cli
+
+    seen = {}
+    monkeypatch.setattr("runassist.serve.serve", lambda run, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr("sys.argv", ["runassist", "serve", "runs/x", "--max-generations", "3",
+                                     "--max-new-tokens", "64"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 0
+    assert (seen["max_generations"], seen["max_new_tokens"]) == (3, 64)
+    with pytest.raises(Exception, match="max_generations = 0"):
+        ServeSettings(max_generations=0)

@@ -371,8 +371,8 @@ def _exit_quietly_after_shutdown():
 
 
 def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, backend: str = "torch",
-          api_key: str | None = None, max_wait_ms: float = 5.0, threads: int = 1,
-          settings: ServeSettings | None = None, log_level: str = "info") -> None:
+          api_key: str | None = None, max_wait_ms: float = 5.0, threads: int = 1, max_generations: int = 2,
+          max_new_tokens: int = 1024, settings: ServeSettings | None = None, log_level: str = "info") -> None:
     """``runassist serve RUN``: load the run (a RunassistError if its folder is incomplete), then serve
     until SIGINT/SIGTERM, finishing the requests in flight. One torch thread per worker process:
     scale with --workers."""
@@ -381,7 +381,8 @@ def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers
     from runassist.predict import BACKENDS, Predictor
     from runassist.runs import require
 
-    settings = settings or ServeSettings(api_key=api_key, max_wait_ms=max_wait_ms)  # an empty key is refused there
+    settings = settings or ServeSettings(api_key=api_key, max_wait_ms=max_wait_ms, max_generations=max_generations,
+                                         max_new_tokens=max_new_tokens)  # an empty key is refused there
     if workers < 1:
         raise RunassistError(f"--workers {workers}: give 1 or more")
     if settings.api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
