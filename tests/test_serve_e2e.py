@@ -1,5 +1,5 @@
 """The real `runassist serve` process: concurrent clients get what `runassist predict` writes, SIGTERM exits cleanly,
-and with --workers N /metrics adds up every worker's numbers."""
+with --workers N /metrics adds up every worker's numbers, and the openai client chats with a chat run."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve_fixtures import RUNASSIST, free_port, subprocess_env, tiny_run  # noqa: F401  (tiny_run is a fixture)
+from serve_fixtures import RUNASSIST, chat_runs, free_port, subprocess_env, tiny_run  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 
@@ -257,3 +257,40 @@ def test_cli_refuses_an_empty_api_key(tiny_run, tmp_path, how):  # noqa: F811
     assert proc.returncode == 2, err
     assert "error:" in err and "API key is empty" in err and "Traceback" not in err, err
     assert "Uvicorn running" not in err + out
+
+
+def test_the_openai_client_chats_with_runassist_serve_and_its_workers(chat_runs, tmp_path):  # noqa: F811
+    openai = pytest.importorskip("openai")
+    port, env = free_port(), subprocess_env()
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    with open(log, "w") as log_file:
+        server = subprocess.Popen([RUNASSIST, "serve", str(chat_runs.trained), "--port", str(port), "--workers", "2",
+                                   "--api-key", "s3cret", "--max-new-tokens", "64"],
+                                  stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_healthy(server, url, log)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
+        assert [m.id for m in client.models.list()] == [chat_runs.trained.name]
+        hello = [{"role": "user", "content": "hello"}]
+        for _ in range(3):  # new connections: either worker may answer
+            stream = client.chat.completions.create(model="any", messages=hello, stream=True)
+            assert "".join(c.choices[0].delta.content or "" for c in stream) == "hi how are you"
+            whole = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "bye"}])
+            assert whole.choices[0].message.content == "see you later"
+        with pytest.raises(openai.BadRequestError, match="max_new_tokens=64"):
+            client.chat.completions.create(model="any", messages=hello, max_tokens=65)
+        s = _samples(httpx.get(f"{url}/metrics", headers={"X-API-Key": "s3cret"}).text)  # every worker's
+        assert s[("runassist_generations_total", frozenset({"finish": "stop"}.items()))] == 6
+        assert s[("runassist_generated_tokens_total", frozenset())] == 3 * (5 + 4)
+        assert s[("runassist_generations_in_flight", frozenset())] == 0
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            code = server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
+    text = log.read_text()
+    assert code == 0 and "Traceback" not in text, text[-3000:]
