@@ -12,11 +12,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from serve_fixtures import ChatRuns, StubPredictor, StubTask, ThreadedServer, chat_runs  # noqa: F401  (a fixture)
 
 from runassist.serve import ServeSettings, create_app
 from runassist.serve.openai_chat import StopCut
 from runassist.tasks.base import Capabilities
-from serve_fixtures import ChatRuns, StubPredictor, StubTask, ThreadedServer, chat_runs  # noqa: F401  (a fixture)
 
 openai = pytest.importorskip("openai")
 HELLO = [{"role": "user", "content": "hello"}]

@@ -35,9 +35,10 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -50,7 +51,7 @@ RETRY_AFTER_S = 1
 REFUSED = ("tools", "functions", "tool_choice", "function_call")  # tool calling: a plain chat model has none
 
 
-def chat_routes(predictor: Any, settings: Any, metrics: Any, run: str) -> tuple[APIRouter, "Generations"]:
+def chat_routes(predictor: Any, settings: Any, metrics: Any, run: str) -> tuple[APIRouter, Generations]:
     """The two routes for ``run`` (its name), and the generations they run (the app's lifespan closes them)."""
     from runassist.serve.app import CLIENT_CLOSED, ApiError, read_json
 
@@ -98,7 +99,7 @@ def chat_routes(predictor: Any, settings: Any, metrics: Any, run: str) -> tuple[
             return Response(status_code=CLIENT_CLOSED)
         try:
             text = collect.result()
-        except Exception as exc:  # logged by the generation thread
+        except Exception as exc:  # noqa: BLE001 -- logged by the generation thread
             raise ApiError(500, "internal", f"generation failed ({type(exc).__name__}: {exc})") from None
         return JSONResponse({**head, "object": "chat.completion", "choices": [
             {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
@@ -275,7 +276,7 @@ class Generations:
         self.running: set[Generation] = set()
         self.lock = threading.Lock()
 
-    def start(self, asked: ChatRequest) -> "Generation | None":
+    def start(self, asked: ChatRequest) -> Generation | None:
         """A started generation, or None when every slot is taken."""
         if not self.slots.acquire(blocking=False):
             return None
@@ -286,7 +287,7 @@ class Generations:
         generation.thread.start()
         return generation
 
-    def ended(self, generation: "Generation", finish: str, tokens: int) -> None:
+    def ended(self, generation: Generation, finish: str, tokens: int) -> None:
         """Called by the generation's thread as it ends."""
         self.metrics.observe_generation(finish, tokens)
         self.metrics.generating.dec()
@@ -363,7 +364,7 @@ class Generation:
             self.finish = "length" if ended == "length" and not cut.hit else "stop"
             outcome = "cancelled" if self.cancelled else self.finish
             self._put(_END)
-        except BaseException as exc:  # noqa: BLE001 -- answered to the client as an error
+        except BaseException as exc:
             log.exception("generation failed")
             self._put(_Failed(exc))
         finally:
@@ -391,7 +392,8 @@ def _event(data: Any) -> bytes:
     return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
 
 
-async def _events(generation: Generation, head: dict[str, Any], include_usage: bool, prompt: int) -> AsyncIterator[bytes]:
+async def _events(generation: Generation, head: dict[str, Any], include_usage: bool,
+                  prompt: int) -> AsyncIterator[bytes]:
     """Server-sent events as OpenAI sends them: chat.completion.chunk objects, then ``[DONE]``."""
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return _event({**head, "object": "chat.completion.chunk",
@@ -401,7 +403,7 @@ async def _events(generation: Generation, head: dict[str, Any], include_usage: b
     try:
         async for text in generation.pieces():
             yield chunk({"content": text})
-    except Exception as exc:  # logged by the generation thread; the openai client raises on an error event
+    except Exception as exc:  # noqa: BLE001 -- logged by the generation thread; openai raises on the event
         yield _event({"error": {"code": "internal", "message": f"generation failed ({type(exc).__name__}: {exc})"}})
         return
     yield chunk({}, generation.finish)
