@@ -187,10 +187,6 @@ class ChatTask(BaseTask):
                                     meta={"generate": False, "cut": len(encoded["input_ids"]) > limit}))
         return features
 
-    def _prompt_ids(self, tokenizer: Any, example: ChatExample) -> list[int]:
-        prompt = tokenizer.apply_chat_template(self._messages(example), tokenize=False, add_generation_prompt=True)
-        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
     def feature_stats(self, features: Sequence[Feature]) -> dict[str, int]:
         stats = super().feature_stats(features)
         stats["examples_cut"] = sum(1 for f in features if f.meta["cut"])
@@ -312,7 +308,9 @@ class ChatTask(BaseTask):
 
     def prompt_tokens(self, processor: Any, example: ChatExample) -> int:
         """The prompt's length before ``encode`` cuts it from the left to fit model.max_length."""
-        return len(self._prompt_ids(processor, self.unlabelled(example)))
+        messages = self._messages(self.unlabelled(example))
+        prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return len(processor(prompt, add_special_tokens=False)["input_ids"])
 
     # -- check-data -----------------------------------------------------------
     def check_labels(self, read: dict[str, list[Any]], report: CheckReport) -> None:
