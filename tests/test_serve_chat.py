@@ -217,7 +217,7 @@ def test_bad_json_and_the_other_routes(small, trained):
            400, "bad_json")
     _error(small.get("/v1/chat/completions"), 405, "method_not_allowed")
     assert small.get("/v1/models").json()["data"][0]["id"] == trained.run.name
-    assert small.get("/v1/model").json()["streams"] is True
+    assert small.get("/v1/model").json()["streams"] is True and small.get("/v1/model").json()["conversation"] is True
     streamed = _ask(small, stream=True)  # the SSE body as OpenAI writes it
     assert streamed.headers["content-type"].startswith("text/event-stream")
     events = [line for line in streamed.text.split("\n\n") if line]
@@ -228,7 +228,7 @@ def test_a_run_whose_task_does_not_stream_says_so():
     with TestClient(create_app(StubPredictor(task="classify"))) as c:
         error = _error(_ask(c), 400, "unsupported_task")
         assert "(classify)" in error["message"] and "/v1/predict" in error["message"]
-        assert c.get("/v1/model").json()["streams"] is False
+        assert c.get("/v1/model").json()["streams"] is False and c.get("/v1/model").json()["conversation"] is False
         assert c.get("/v1/models").json()["data"][0]["id"] == "stub-run"
 
 
@@ -241,8 +241,8 @@ class HeldTask(StubTask):
         super().__init__("echo")
         self.release = threading.Event()
 
-    def example_from_input(self, item):
-        return item["messages"][-1]["content"]
+    def example_from_input(self, item):  # one text (BaseTask's input schema): the user's message
+        return item
 
     def prompt_tokens(self, processor, example):
         return len(example.split())
@@ -289,6 +289,39 @@ def test_over_max_generations_is_a_429_with_retry_after():
         whole = httpx.post(url, json={**body, "stream": False}, timeout=10).json()  # the slot is free again
         assert whole["choices"][0]["message"]["content"] == "echo: one two"
         assert whole["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+
+
+class TextTask(StubTask):
+    """A text-to-text task that streams, written before stream() reported usage: it takes one text (the
+    default input schema), has no usage parameter and does not count its prompt."""
+
+    capabilities = Capabilities(onnx=False, int8_guard=False, streams=True)
+
+    def __init__(self):
+        super().__init__("reverse")
+
+    def example_from_input(self, item):
+        return item
+
+    def stream(self, model, processor, example, state, *, stop=None, settings=None):
+        for word in reversed(example.split()):
+            yield word + " "
+
+
+def test_a_streaming_task_that_takes_one_text_gets_the_user_message():
+    predictor = HeldPredictor()
+    predictor.task = TextTask()
+    with TestClient(create_app(predictor)) as c:
+        model = c.get("/v1/model").json()
+        assert (model["streams"], model["conversation"]) == (True, False)  # the page sends one message
+        whole = _ask(c, messages=[{"role": "user", "content": "one two three"}]).json()
+        assert whole["choices"][0]["message"]["content"] == "three two one "
+        assert whole["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}  # not counted
+        streamed = _ask(c, stream=True, messages=[{"role": "user", "content": "a b"}])
+        assert '"content": "b "' in streamed.text and streamed.text.endswith("data: [DONE]\n\n")
+        error = _error(_ask(c, messages=HELLO + [{"role": "assistant", "content": "hi"}, *HELLO]),
+                       400, "invalid_input")
+        assert "(reverse) answers one text, not a conversation" in error["message"]
 
 
 def test_stop_strings_are_cut_across_pieces():

@@ -44,6 +44,7 @@ from runassist.agent import DEFAULT_MAX_CHARS, DEFAULT_MAX_INPUTS, InputError, L
 from runassist.errors import RunassistError
 from runassist.serve.batcher import Batcher, BatcherClosed
 from runassist.serve.metrics import CONTENT_TYPE, MULTIPROC_DIR, Metrics
+from runassist.serve.openai_chat import chat_routes, takes_conversation  # it imports this module's names lazily
 
 STATIC = Path(__file__).resolve().parent / "static"
 ENV_RUN = "RUNASSIST_SERVE_RUN"  # the run folder, for app_from_env (uvicorn --workers N)
@@ -122,10 +123,9 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
     metrics = Metrics(queued_items=lambda: batcher.queued_items, guard=getattr(predictor, "guard", None))
     batcher = Batcher(lambda examples: predict_json(predictor, examples), max_batch_size=settings.max_batch_size,
                       max_wait_ms=settings.max_wait_ms, on_batch=metrics.observe_batch)
-    from runassist.serve.openai_chat import chat_routes
-
     chat, generations = chat_routes(predictor, settings, metrics, info["run"])
     streams = bool(getattr(getattr(predictor.task, "capabilities", None), "streams", False))
+    conversation = streams and takes_conversation(predictor.task, settings.max_chars)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -178,8 +178,9 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
 
     @app.get("/v1/model")
     async def model() -> JSONResponse:
+        # streams: the page offers its chat box (/v1/chat/completions); conversation: it sends the history
         return JSONResponse({**info, "limits": settings.public(), "tool": tool["function"]["name"],
-                             "streams": streams})  # the page offers its chat box (/v1/chat/completions)
+                             "streams": streams, "conversation": conversation})
 
     @app.get("/v1/tools")
     async def tools() -> JSONResponse:

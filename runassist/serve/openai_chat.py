@@ -1,6 +1,8 @@
 """OpenAI-compatible chat: ``POST /v1/chat/completions`` and ``GET /v1/models``, so the official
 ``openai`` client (and what is built on it) talks to ``runassist serve``. Only runs whose task streams
-(``task.capabilities.streams``) answer; any other run gets a 400 naming its task.
+(``task.capabilities.streams``) answer; any other run gets a 400 naming its task. A task whose input
+schema takes ``{"messages": [...]}`` gets the conversation; one that takes a text (text-to-text) gets
+the text of a single user message, and a conversation is refused.
 
 Requests: ``messages`` (roles system, developer (read as system), user and assistant; text content,
 a string or text parts; the last message may not be the assistant's), ``model`` (any value: the answer
@@ -30,6 +32,7 @@ one watches for it while it waits; generation then ends within a token.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import threading
@@ -57,6 +60,7 @@ def chat_routes(predictor: Any, settings: Any, metrics: Any, run: str) -> tuple[
 
     task = predictor.task
     streams = getattr(getattr(task, "capabilities", None), "streams", False)
+    conversation = takes_conversation(task, settings.max_chars)
     created = int(time.time())
     generations = Generations(predictor, metrics, settings.max_generations)
     router = APIRouter()
@@ -71,10 +75,10 @@ def chat_routes(predictor: Any, settings: Any, metrics: Any, run: str) -> tuple[
         if not streams:
             raise ApiError(400, "unsupported_task", f"this run's task ({task.name}) does not generate text: "
                            "/v1/chat/completions serves runs whose task streams its predictions; use POST /v1/predict")
-        asked = parse_request(await read_json(request, settings.max_body_bytes), predictor, settings)
+        asked = parse_request(await read_json(request, settings.max_body_bytes), predictor, settings, conversation)
         prompt = await asyncio.to_thread(task.prompt_tokens, predictor.processor, asked.example)
         limit = predictor.cfg.model.max_length
-        if prompt > limit:
+        if prompt is not None and prompt > limit:
             raise ApiError(400, "prompt_too_long", f"the conversation is {prompt} tokens as the model reads it; at "
                            f"most model.max_length={limit}: drop its earliest messages", limit="model.max_length",
                            value=limit)
@@ -110,6 +114,13 @@ def chat_routes(predictor: Any, settings: Any, metrics: Any, run: str) -> tuple[
 
 # -- the request ----------------------------------------------------------------
 
+def takes_conversation(task: Any, max_chars: int) -> bool:
+    """Whether the task's input schema takes an OpenAI-style conversation (else one text)."""
+    schema = task.input_schema(max_chars)
+    options = schema.get("anyOf") or [schema]
+    return any(o.get("type") == "object" and "messages" in (o.get("properties") or {}) for o in options)
+
+
 @dataclass
 class ChatRequest:
     example: Any
@@ -119,8 +130,9 @@ class ChatRequest:
     stops: list[str] = field(default_factory=list)
 
 
-def parse_request(data: Any, predictor: Any, settings: Any) -> ChatRequest:
-    """An OpenAI chat request as the task's example and generation settings; ApiError(400) says what is wrong."""
+def parse_request(data: Any, predictor: Any, settings: Any, conversation: bool = True) -> ChatRequest:
+    """An OpenAI chat request as the task's example and generation settings; ApiError(400) says what is wrong.
+    ``conversation``: the task takes ``{"messages": [...]}``; else the text of one user message."""
     from runassist.serve.app import ApiError
 
     def bad(message: str, code: str = "invalid_input", **limit: Any) -> ApiError:
@@ -159,8 +171,12 @@ def parse_request(data: Any, predictor: Any, settings: Any) -> ChatRequest:
     n = data.get("n")
     if n is not None and (n != 1 or isinstance(n, bool)):
         raise bad(f"n = {n!r}: only n = 1 is supported (one reply per request)")
+    if not conversation and (len(messages) > 1 or messages[0]["role"] != "user"):
+        raise bad(f"this run's task ({predictor.task.name}) answers one text, not a conversation: send one "
+                  "user message")
     try:
-        example = predictor.task.example_from_input({"messages": messages})
+        example = predictor.task.example_from_input({"messages": messages} if conversation
+                                                    else messages[0]["content"])
     except ValueError as exc:
         raise bad(str(exc)) from None
     asked = ChatRequest(example=example, stream=_flag(data, "stream", bad),
@@ -273,6 +289,9 @@ class Generations:
     def __init__(self, predictor: Any, metrics: Any, limit: int):
         self.predictor, self.metrics = predictor, metrics
         self.slots = threading.BoundedSemaphore(limit)
+        # A task written before stream() reported its usage (a plugin) streams all the same, uncounted.
+        parameters = inspect.signature(predictor.task.stream).parameters
+        self.reports_usage = "usage" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
         self.running: set[Generation] = set()
         self.lock = threading.Lock()
 
@@ -321,8 +340,8 @@ class Generation:
             self.cancelled = True
         self.stop.set()
 
-    def usage_json(self, prompt: int) -> dict[str, int]:
-        prompt = self.usage.get("prompt_tokens", prompt)
+    def usage_json(self, prompt: int | None) -> dict[str, int]:
+        prompt = self.usage.get("prompt_tokens", prompt or 0)
         completion = self.usage.get("completion_tokens", 0)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -349,8 +368,9 @@ class Generation:
         p, outcome = self.owner.predictor, "error"
         try:
             cut = StopCut(self.asked.stops)
+            usage = {"usage": self.usage} if self.owner.reports_usage else {}
             stream = p.task.stream(p.model, p.processor, self.asked.example, p.state, stop=self.stop,
-                                   settings=self.asked.overrides, usage=self.usage)
+                                   settings=self.asked.overrides, **usage)
             with closing(stream):  # closing it sets stop and waits for generate() to end: usage is then filled
                 for piece in stream:
                     text = cut.feed(piece)
@@ -393,7 +413,7 @@ def _event(data: Any) -> bytes:
 
 
 async def _events(generation: Generation, head: dict[str, Any], include_usage: bool,
-                  prompt: int) -> AsyncIterator[bytes]:
+                  prompt: int | None) -> AsyncIterator[bytes]:
     """Server-sent events as OpenAI sends them: chat.completion.chunk objects, then ``[DONE]``."""
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return _event({**head, "object": "chat.completion.chunk",

@@ -201,10 +201,10 @@ class BaseTask:
         completion_tokens, and ``ended``: eos, length or stopped (generation.stream_text)."""
         raise ValueError(f"a {self.name} model does not stream its predictions")
 
-    def prompt_tokens(self, processor: Any, example: Any) -> int:
+    def prompt_tokens(self, processor: Any, example: Any) -> int | None:
         """How many tokens the prompt of a streamed prediction has, before any cut: the service
-        refuses a prompt longer than model.max_length."""
-        raise ValueError(f"a {self.name} model does not stream its predictions")
+        refuses a prompt longer than model.max_length. None: not known (characters are checked)."""
+        return None
 
     def default_lora(self, model: torch.nn.Module) -> Any:
         """LoRA settings (config.LoraConfig) the task wants when train.lora is not set; None: full fine-tuning."""

@@ -266,7 +266,9 @@ async function sendChat() {
   try {
     const response = await fetch("v1/chat/completions", {
       method: "POST", headers: headers(), signal: chat.controller.signal,
-      body: JSON.stringify({ model: state.info ? state.info.run : "", messages: chat.messages, stream: true }),
+      // a model that takes one text (text-to-text) gets the latest message alone, each turn on its own
+      body: JSON.stringify({ model: state.info ? state.info.run : "", stream: true,
+                             messages: state.info && state.info.conversation ? conversation : conversation.slice(-1) }),
     });
     if (!response.ok) {
       let body = null;
