@@ -43,8 +43,9 @@ from runassist.agent import DEFAULT_MAX_CHARS, DEFAULT_MAX_INPUTS, InputError, L
     tool_definition
 from runassist.errors import RunassistError
 from runassist.serve.batcher import Batcher, BatcherClosed
+from runassist.serve.common import CLIENT_CLOSED, ApiError, error_response, read_json
 from runassist.serve.metrics import CONTENT_TYPE, MULTIPROC_DIR, Metrics
-from runassist.serve.openai_chat import chat_routes, takes_conversation  # it imports this module's names lazily
+from runassist.serve.openai_chat import chat_routes, takes_conversation
 
 STATIC = Path(__file__).resolve().parent / "static"
 ENV_RUN = "RUNASSIST_SERVE_RUN"  # the run folder, for app_from_env (uvicorn --workers N)
@@ -52,9 +53,6 @@ ENV_OPTIONS = "RUNASSIST_SERVE_OPTIONS"  # JSON: backend, threads and ServeSetti
 ENV_API_KEY = "RUNASSIST_API_KEY"
 ROUTES = ("/", "/health", "/metrics", "/v1/chat/completions", "/v1/model", "/v1/models", "/v1/predict", "/v1/tools")
 PUBLIC = ("/", "/health", "/favicon.ico")  # plus /static/*: the page holds no model data and asks for the key
-# The status counted for a request whose client hung up before it was read (no answer is sent):
-# nginx's "499 Client Closed Request", so a dashboard never shows it as the server's fault (500).
-CLIENT_CLOSED = 499
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -95,22 +93,6 @@ class ServeSettings:
 
     def public(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "api_key"}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, *, limit: str | None = None, value: Any = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.limit, self.value = status, code, message, limit, value
-        self.headers = headers
-
-
-def error_response(status: int, code: str, message: str, *, limit: str | None = None, value: Any = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if limit is not None:
-        error.update(limit=limit, value=value)
-    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 # -- the app ----------------------------------------------------------------
@@ -214,35 +196,6 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
     app.include_router(chat)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON: 413 above ``limit`` bytes, 400 when it is not JSON."""
-    body = await _read_body(request, limit)
-    try:
-        return json.loads(body)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise ApiError(400, "bad_json", f"the body is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise ApiError(400, "bad_json", "the body's JSON is nested too deeply") from None
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a number")
-        if int(declared) > limit:
-            raise ApiError(413, "body_too_large", f"the body has {declared} bytes; at most max_body_bytes={limit}",
-                           limit="max_body_bytes", value=limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():  # chunked bodies have no Content-Length: count as they come
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"the body is larger than max_body_bytes={limit}",
-                           limit="max_body_bytes", value=limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class _Edge:

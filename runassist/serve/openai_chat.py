@@ -46,6 +46,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from runassist.serve.common import CLIENT_CLOSED, ApiError, read_json
+
 log = logging.getLogger("runassist.serve")
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -56,8 +58,6 @@ REFUSED = ("tools", "functions", "tool_choice", "function_call")  # tool calling
 
 def chat_routes(predictor: Any, settings: Any, metrics: Any, run: str) -> tuple[APIRouter, Generations]:
     """The two routes for ``run`` (its name), and the generations they run (the app's lifespan closes them)."""
-    from runassist.serve.app import CLIENT_CLOSED, ApiError, read_json
-
     task = predictor.task
     streams = getattr(getattr(task, "capabilities", None), "streams", False)
     conversation = takes_conversation(task, settings.max_chars)
@@ -133,8 +133,6 @@ class ChatRequest:
 def parse_request(data: Any, predictor: Any, settings: Any, conversation: bool = True) -> ChatRequest:
     """An OpenAI chat request as the task's example and generation settings; ApiError(400) says what is wrong.
     ``conversation``: the task takes ``{"messages": [...]}``; else the text of one user message."""
-    from runassist.serve.app import ApiError
-
     def bad(message: str, code: str = "invalid_input", **limit: Any) -> ApiError:
         return ApiError(400, code, message, **limit)
 
