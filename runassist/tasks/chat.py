@@ -306,11 +306,13 @@ class ChatTask(BaseTask):
         return stream_text(model, processor, {k: v.to(device) for k, v in batch.items()}, config, stop=stop,
                            usage=usage)
 
+    def _prompt_ids(self, tokenizer: Any, example: ChatExample) -> list[int]:
+        prompt = tokenizer.apply_chat_template(self._messages(example), tokenize=False, add_generation_prompt=True)
+        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
     def prompt_tokens(self, processor: Any, example: ChatExample) -> int:
         """The prompt's length before ``encode`` cuts it from the left to fit model.max_length."""
-        messages = self._messages(self.unlabelled(example))
-        prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return len(processor(prompt, add_special_tokens=False)["input_ids"])
+        return len(self._prompt_ids(processor, self.unlabelled(example)))
 
     # -- check-data -----------------------------------------------------------
     def check_labels(self, read: dict[str, list[Any]], report: CheckReport) -> None:
