@@ -355,7 +355,7 @@ class Seq2SeqTask(BaseTask):
         return results
 
     def stream(self, model: torch.nn.Module, processor: Any, example: Any, state: TaskState, *,
-               stop: Any = None, settings: dict[str, Any] | None = None) -> Any:
+               stop: Any = None, settings: dict[str, Any] | None = None, usage: dict[str, Any] | None = None) -> Any:
         from pydantic import ValidationError
 
         from runassist.tasks.generation import generation_config, stream_text
@@ -370,7 +370,8 @@ class Seq2SeqTask(BaseTask):
         device = next(model.parameters()).device
         inputs = {k: v.to(device) for k, v in batch.items()}
         model.eval()
-        return stream_text(model, processor, inputs, generation_config(chosen, processor, model), stop=stop)
+        return stream_text(model, processor, inputs, generation_config(chosen, processor, model), stop=stop,
+                           usage=usage)
 
     # -- outputs ------------------------------------------------------------
     def decode(self, examples: Sequence[Seq2SeqExample], features: Sequence[Feature], outputs: Sequence[Any],
