@@ -20,3 +20,7 @@ class DataError(RunassistError):
         self.message = message
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
+
+
+class MediaTooLarge(ValueError):
+    """An input file over a size limit (bytes, pixels, seconds of audio): the service answers 413."""

@@ -192,6 +192,28 @@ class BaseTask:
         return [self.example_from_input("runassist exports this model to onnx ."),
                 self.example_from_input("a short one")]
 
+    # -- media inputs (images, audio) --------------------------------------------------------------
+    # A task whose inputs are files sets ``media`` ("image", "audio") and the file suffixes it reads.
+    # `predict` then takes such files, a folder of them, or a list of paths; the service takes base64
+    # in JSON and multipart/form-data uploads; the page shows a drop zone for them. Each file reaches
+    # the task as bytes through ``media_example``, whatever door it came in by.
+    media: ClassVar[str | None] = None
+    media_suffixes: ClassVar[tuple[str, ...]] = ()
+
+    def media_example(self, data: bytes, name: str) -> Any:
+        """One file's bytes (read from disk, decoded from base64, or uploaded) as an unlabelled example;
+        ``name`` is its path or upload name, for messages and outputs. ValueError says what is wrong
+        (unreadable, too many pixels, wrong sampling rate that cannot be fixed); MediaTooLarge (below)
+        when it is over a size limit, which the service answers with 413."""
+        raise ValueError(f"a {self.name} model takes text, not files")
+
+    def training_collate(self, features: Sequence[Feature], processor: Any, rng: Any) -> dict[str, torch.Tensor]:
+        """The batch the trainer steps on: ``collate`` plus the task's training-time augmentation
+        (random crops and flips of images), drawn from ``rng`` (a numpy Generator the trainer seeds
+        and checkpoints, so a resumed run sees the same augmentations). Evaluation and prediction
+        call ``collate``: never augmented."""
+        return self.collate(features, processor)
+
     # -- generation ------------------------------------------------------------------------------
     def stream(self, model: torch.nn.Module, processor: Any, example: Any, state: TaskState, *,
                stop: Any = None, settings: dict[str, Any] | None = None, usage: dict[str, Any] | None = None) -> Any:
