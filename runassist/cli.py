@@ -69,7 +69,8 @@ def env(as_json: bool = typer.Option(False, "--json", help="print one JSON objec
     cpu = facts["cpu"]
     rows = [("python", facts["python"]),
             *[(name, version or "not installed") for name, version in facts["versions"].items()],
-            ("cpu", f"{cpu['model']} ({cpu['cores_usable']} usable cores, load {cpu.get('load_1m')})"),
+            ("cpu", f"{cpu['model']} ({cpu['cores_usable']} usable cores, {cpu.get('busy_cores')} held by other "
+                    f"processes now; 1-min load {cpu.get('load_1m')})"),
             ("bf16 fast on cpu", str(cpu["bf16_fast"])),
             ("memory", f"{facts['memory']['available_mb']:,} MB free of {facts['memory']['total_mb']:,} MB"),
             ("disk", f"{facts['disk']['free_mb']:,} MB free at {facts['disk']['path']}"),

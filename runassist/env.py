@@ -52,7 +52,8 @@ DEFAULT_MODEL_PARAMS = 110_000_000  # BERT-base: a conservative guess when the c
 
 
 def collect(*, check_hub: bool = True, hub_timeout: float = 1.5) -> dict[str, Any]:
-    """Facts about this machine as one JSON-ready dict. Never raises; unknowns are None."""
+    """Facts about this machine as one JSON-ready dict. Never raises; unknowns are None. Takes
+    BUSY_WINDOW_S to watch what other processes hold (``cpu_facts``)."""
     torch_facts = _torch_facts()
     return {
         "collected_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -88,7 +89,13 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def cpu_facts() -> dict[str, Any]:
+BUSY_WINDOW_S = 0.25  # how long cpu_facts watches the other processes (100 Hz jiffies: 25 per core)
+BUSY_CORE = 0.5  # CPUs' worth of other processes' time from which a core counts as held
+
+
+def cpu_facts(*, measure: bool = True) -> dict[str, Any]:
+    """The CPU, its bf16 support, the cores this process may use, and how many of them other
+    processes hold *now* (``measure``: watched for BUSY_WINDOW_S; off, busy_cores is None)."""
     info = _read_cpuinfo()
     flags = info["flags"]
     bf16_flags = {name: name in flags for name in _BF16_FLAGS}
@@ -102,6 +109,17 @@ def cpu_facts() -> dict[str, Any]:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         load = None
+    others = busy_other_cores() if measure else None
+    if others is not None:
+        # Other processes hold cores of our affinity set; the quota (if any) caps us on top of that.
+        held = int(others + 1 - BUSY_CORE)  # 0.49 -> 0, 0.5 -> 1, 1.7 -> 2
+        busy, source = max(0, min(usable, held - (affinity - usable))), "proc_stat"
+    elif measure and load is not None:
+        # No /proc/stat (macOS): the load average is all there is. It is history, not the present
+        # (a pip install a minute ago still shows), so it is only the fallback.
+        busy, source = min(usable, int(round(load))), "load_average"
+    else:
+        busy, source = None, None
     return {
         "model": info["model"] or platform.processor() or None,
         "cores_logical": logical,
@@ -111,11 +129,86 @@ def cpu_facts() -> dict[str, Any]:
         "flags_bf16": bf16_flags,
         "bf16_fast": bf16_flags["avx512_bf16"] or bf16_flags["amx_bf16"],
         "load_1m": None if load is None else round(load, 2),
-        # The load average counts runnable threads over the whole machine, ourselves included
-        # if we were busy in the last minute; capped, since more than all our cores busy
-        # still leaves us no fewer than zero free ones.
-        "busy_cores": None if load is None else min(usable, int(round(load))),
+        "others_cores": None if others is None else round(others, 2),
+        "busy_cores": busy,
+        "busy_source": source,
     }
+
+
+def busy_other_cores(window: float = BUSY_WINDOW_S, *, stat_path: str = "/proc/stat") -> float | None:
+    """CPUs' worth of time that processes other than this one (and its children) used on this
+    process's CPUs over the next ``window`` seconds; None where /proc/stat cannot be read.
+
+    The present, not the load average: a load average of 1.66 left by a `pip install` that ended a
+    minute ago made the demo train on one core of an idle two-core machine. Counted on the CPUs of
+    our affinity mask only (a container pinned to 2 of a host's 64 cores does not care about the
+    other 62), with our own CPU time taken out (psutil), so a busy caller does not count itself.
+    """
+    import time
+
+    cpus = _affinity_cpus()
+    before, own_before, t0 = _read_proc_stat(stat_path, cpus), _own_cpu_seconds(), time.monotonic()
+    if before is None:
+        return None
+    time.sleep(window)
+    after, own_after, t1 = _read_proc_stat(stat_path, cpus), _own_cpu_seconds(), time.monotonic()
+    if after is None or t1 <= t0:
+        return None
+    return others_from_samples(before, after, t1 - t0, own_after - own_before)
+
+
+def others_from_samples(before: int, after: int, wall_s: float, own_s: float, *,
+                        ticks_per_s: float | None = None) -> float:
+    """Other processes' CPUs' worth from two busy-jiffy samples of /proc/stat ``wall_s`` seconds apart,
+    less ``own_s`` CPU-seconds of our own."""
+    ticks = ticks_per_s or _ticks_per_second()
+    busy_s = max(0, after - before) / ticks
+    return max(0.0, (busy_s - max(0.0, own_s)) / wall_s)
+
+
+def _read_proc_stat(path: str, cpus: set[int] | None) -> int | None:
+    """Busy jiffies (all but idle and iowait) summed over ``cpus`` (all CPUs when None) from /proc/stat."""
+    busy, seen = 0, False
+    try:
+        with open(path) as handle:
+            for line in handle:
+                name, _, rest = line.partition(" ")
+                if not name.startswith("cpu") or name == "cpu":
+                    continue
+                if not name[3:].isdigit():
+                    break
+                if cpus is not None and int(name[3:]) not in cpus:
+                    continue
+                # user nice system idle iowait irq softirq steal (guest time is already in user)
+                values = [int(v) for v in rest.split()[:8]]
+                values += [0] * (8 - len(values))
+                busy += values[0] + values[1] + values[2] + values[5] + values[6] + values[7]
+                seen = True
+    except (OSError, ValueError):
+        return None
+    return busy if seen else None
+
+
+def _own_cpu_seconds() -> float:
+    """CPU time of this process and its live children (psutil; children that exited are not counted:
+    their time is over, and the window is too short for it to matter)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            continue
+    return total
+
+
+def _ticks_per_second() -> float:
+    try:
+        return float(os.sysconf("SC_CLK_TCK"))
+    except (AttributeError, ValueError, OSError):
+        return 100.0
 
 
 def memory_facts() -> dict[str, Any]:
@@ -230,6 +323,8 @@ def choose_threads(facts: dict[str, Any]) -> int:
 
     Oversubscription is what hurts: with another process on one of two cores, torch with
     2 threads ran 8-29x slower than with 1 on our machines, so we leave busy cores alone.
+    ``busy_cores`` is measured when the facts are collected (``busy_other_cores``): collect them
+    right before the work starts, as `train` does.
     """
     cpu = facts.get("cpu") or {}
     usable = cpu.get("cores_usable") or cpu.get("cores_logical") or 1
@@ -275,7 +370,9 @@ def recommend(facts: dict[str, Any], *, model_params: int | None = None, seq_len
     threads = choose_threads(facts)
     usable = cpu.get("cores_usable") or cpu.get("cores_logical") or 1
     busy = cpu.get("busy_cores") or 0
-    reason = f"{usable} usable core(s), ~{busy} busy (1-min load {cpu.get('load_1m')})"
+    seen = (f"other processes used {cpu.get('others_cores')} CPUs' worth just now"
+            if cpu.get("busy_source") == "proc_stat" else f"1-min load {cpu.get('load_1m')}")
+    reason = f"{usable} usable core(s), {busy} held by other processes ({seen})"
     if busy:
         reason += "; torch on a core another process holds runs many times slower"
     notes.append(f"threads {threads}: {reason}")
@@ -342,9 +439,11 @@ def _cap(gpu: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- snapshot
 
 
-def snapshot(*, model_params: int | None = None, seq_len: int = 128) -> dict[str, Any]:
-    """Facts and recommendations together, as written to each run folder's env.json (no network)."""
-    facts = collect(check_hub=False)
+def snapshot(*, model_params: int | None = None, seq_len: int = 128,
+             facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Facts (collected now unless given) and recommendations together, as written to each run
+    folder's env.json (no network)."""
+    facts = facts or collect(check_hub=False)
     return {"facts": facts, "recommendations": recommend(facts, model_params=model_params, seq_len=seq_len)}
 
 
@@ -383,11 +482,16 @@ def _read_meminfo_kb(path: str = "/proc/meminfo") -> dict[str, int]:
     return values
 
 
-def _affinity_count() -> int | None:
+def _affinity_cpus() -> set[int] | None:
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # macOS and Windows have no sched_getaffinity
         return None
+
+
+def _affinity_count() -> int | None:
+    cpus = _affinity_cpus()
+    return len(cpus) if cpus is not None else None
 
 
 def _read_first_line(path: str) -> str | None:

@@ -113,7 +113,7 @@ def _trained_precision(run: Path) -> str:
         return trained
     from runassist import env
 
-    return "bf16" if env.bf16_fast(env.collect(check_hub=False)) else "fp32"
+    return "bf16" if env.bf16_fast({"cpu": env.cpu_facts(measure=False)}) else "fp32"
 
 
 # -- files ------------------------------------------------------------------

@@ -314,6 +314,7 @@ def _environment(info: _Run) -> str:
         ("python", f"{facts.get('python', '?')} on {facts.get('platform', '?')}"),
         ("packages", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),
         ("cpu", f"{cpu.get('model', '?')}: {cpu.get('cores_usable', '?')} usable cores, "
+                f"{cpu.get('busy_cores', '?')} held by other processes at the start, "
                 f"bf16 fast {cpu.get('bf16_fast')}, 1-min load {cpu.get('load_1m')}"),
         ("memory", f"{_num(memory.get('available_mb'))} MB free of {_num(memory.get('total_mb'))} MB"),
         ("gpus", ", ".join(f"{g.get('name')} ({_num(g.get('memory_mb'))} MB)" for g in gpus) or "none"),

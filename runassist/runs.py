@@ -33,14 +33,15 @@ def split_name(spec: str) -> str:
     return spec.rsplit(":", 1)[1] if ":" in spec and not Path(spec).exists() else Path(spec).stem
 
 
-def create(cfg: Config) -> Path:
-    """Make a new run folder and write the resolved config and environment into it."""
+def create(cfg: Config, facts: dict[str, Any] | None = None) -> Path:
+    """Make a new run folder and write the resolved config and environment (``facts`` as collected by
+    the caller, when given: what it chose its threads from) into it."""
     from runassist import env
 
     run = new_path(cfg.output, cfg.task.name)
     run.mkdir(parents=True)
     atomic_write(run / "config.yaml", to_yaml(cfg))
-    write_json(run / "env.json", env.snapshot())
+    write_json(run / "env.json", env.snapshot(facts=facts))
     return run
 
 

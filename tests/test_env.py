@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -89,14 +91,91 @@ def test_cpu_facts_match_proc_cpuinfo():
     assert cpu["cores_affinity"] == len(os.sched_getaffinity(0))
 
 
-def test_busy_cores_follow_load_and_are_capped(monkeypatch):
+def test_load_average_is_only_the_fallback(monkeypatch):
+    # Without /proc/stat (macOS) the load average is all there is; with it, the load is ignored.
+    monkeypatch.setattr(env, "busy_other_cores", lambda *a, **k: None)
     monkeypatch.setattr(env.os, "getloadavg", lambda: (1.4, 0.0, 0.0))
     cpu = env.cpu_facts()
-    assert cpu["busy_cores"] == min(1, cpu["cores_usable"])
+    assert (cpu["busy_cores"], cpu["busy_source"]) == (min(1, cpu["cores_usable"]), "load_average")
     monkeypatch.setattr(env.os, "getloadavg", lambda: (500.0, 0.0, 0.0))
     cpu = env.cpu_facts()
     assert cpu["busy_cores"] == cpu["cores_usable"]
     assert env.choose_threads({"cpu": cpu}) == 1
+    monkeypatch.setattr(env, "busy_other_cores", lambda *a, **k: 0.1)
+    cpu = env.cpu_facts()  # load 500, but nobody holds a core now
+    assert (cpu["busy_cores"], cpu["busy_source"]) == (0, "proc_stat")
+    assert env.choose_threads({"cpu": cpu}) == cpu["cores_usable"]
+
+
+@pytest.mark.parametrize("others, affinity, quota, expected", [
+    (0.3, 2, None, 0), (0.6, 2, None, 1), (1.9, 2, None, 2), (5.0, 2, None, 2),
+    # a quota of 2 CPUs on 8 visible cores: 5 held still leaves 3 free, more than the quota allows us
+    (5.0, 8, 2.0, 0), (7.0, 8, 2.0, 1)])
+def test_busy_cores_from_the_present(monkeypatch, others, affinity, quota, expected):
+    monkeypatch.setattr(env, "busy_other_cores", lambda *a, **k: others)
+    monkeypatch.setattr(env, "_affinity_cpus", lambda: set(range(affinity)))
+    monkeypatch.setattr(env, "_cgroup_cpu_quota", lambda: quota)
+    assert env.cpu_facts()["busy_cores"] == expected
+
+
+def test_proc_stat_is_read_for_our_cpus_only(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  900 0 100 5000 10 0 0 0 0 0\n"
+                    "cpu0 100 0 50 2500 5 0 0 0 0 0\n"
+                    "cpu1 800 0 50 2500 5 2 3 5 0 0\n"
+                    "intr 12345\n")
+    assert env._read_proc_stat(str(stat), None) == 150 + 860
+    assert env._read_proc_stat(str(stat), {1}) == 860  # user+nice+system+irq+softirq+steal; idle, iowait out
+    # 100 ticks/s: 150 busy ticks in 0.5 s is 3 CPUs' worth, less 0.5 CPU-s of our own over 0.5 s: 2
+    assert env.others_from_samples(1000, 1150, 0.5, 0.5, ticks_per_s=100) == pytest.approx(2.0)
+    assert env.others_from_samples(1000, 1010, 0.5, 0.5, ticks_per_s=100) == 0.0  # never below zero
+
+
+def _foreign_spinner() -> int:
+    """A process spinning on a core that is not ours: started through a shell that exits at once,
+    so it is re-parented away from this process tree (as another user's job would be)."""
+    out = subprocess.run(["sh", "-c", f"'{sys.executable}' -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def test_a_spinning_process_holds_a_core_and_an_exited_one_does_not(monkeypatch):
+    """The issue's case: the demo trained on one core of an idle 2-core machine because a pip install
+    that had ended left a 1-minute load average of 1.66. The present is measured instead."""
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc/stat on this system: the load average is the fallback (tested above)")
+    idle = env.busy_other_cores(0.5)
+    if idle > 0.3:
+        pytest.skip(f"the machine is not idle ({idle:.2f} CPUs' worth used by other processes): "
+                    "the exited-process half of this test needs it to be")
+    pid = _foreign_spinner()
+    try:
+        time.sleep(0.3)
+        cpu = env.cpu_facts()
+        assert cpu["others_cores"] >= 0.7  # a process outside our tree, spinning
+        if cpu["cores_usable"] >= 2:
+            assert cpu["busy_cores"] >= 1
+            assert env.choose_threads({"cpu": cpu}) == cpu["cores_usable"] - cpu["busy_cores"]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    # It has exited; the load average it left behind says 1.66, as in the issue.
+    monkeypatch.setattr(env.os, "getloadavg", lambda: (1.66, 0.8, 0.3))
+    cpu = env.cpu_facts()
+    assert cpu["busy_cores"] == 0, cpu
+    assert env.choose_threads({"cpu": cpu}) == cpu["cores_usable"]
+
+
+def test_our_own_children_are_not_counted_as_others():
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc/stat on this system")
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # our child: our own work
+    try:
+        time.sleep(0.3)
+        assert env.busy_other_cores(0.5) < 0.5
+    finally:
+        spin.kill()
+        spin.wait()
 
 
 def test_snapshot_is_fast_json_and_never_touches_the_network(monkeypatch):

@@ -40,6 +40,11 @@ def test_run_folder_holds_every_file(ner_files, tiny_model, tmp_path):
     assert summary["tokens_per_second"] > 0
     assert 0.0 <= summary["padding_fraction"] < 0.5
     assert summary["peak_memory_mb"] > 0
+    # how the thread count was chosen, as the CPU looked when training started (env.json agrees)
+    seen = summary["threads_chosen_from"]
+    assert seen["set_by"] in ("config", "free cores") and seen["cores_usable"] >= 1
+    env_cpu = json.loads((run / "env.json").read_text())["facts"]["cpu"]
+    assert (seen["busy_cores"], seen["others_cores"]) == (env_cpu["busy_cores"], env_cpu["others_cores"])
     assert summary["inputs"] == {"examples": 64, "features": 64, "examples_cut": 0, "examples_windowed": 0,
                                  "examples_dropped": 0}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -54,6 +54,7 @@ class TrainContext:
     elapsed_offset: float = 0.0  # wall seconds of the run before this process resumed it
     dev_before: dict[str, Any] | None = None  # dev scores of the untrained model, for tasks that ask for them
     train_features: list[Any] | None = None
+    threads_seen: dict[str, Any] = field(default_factory=dict)  # what the thread count was chosen from
 
     @property
     def bare(self) -> torch.nn.Module:

@@ -73,7 +73,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
         cfg = runs.load_config(resume)
 
     tc = cfg.train
-    facts = env.collect(check_hub=False)
+    facts = env.collect(check_hub=False)  # now, not at `env` time: the cores free as training starts
     torch.set_num_threads(tc.threads or env.choose_threads(facts))
     torch.manual_seed(tc.seed)
 
@@ -85,7 +85,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     state = TaskState(labels=task.label_set(splits.train), extras=task.initial_extras(splits.train))
 
     engine = Engine(precision=tc.precision, bf16_fast_cpu=env.bf16_fast(facts))
-    run = resume or _create_run(cfg, engine)
+    run = resume or _create_run(cfg, engine, facts)
     if engine.is_main:
         write_json(run / "labels.json", {"task": task.name, "labels": state.labels})
         write_json(run / "summary.json", {"task": task.name, "model": cfg.model.source, "status": "running",
@@ -133,7 +133,8 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     ctx = TrainContext(run=run, engine=engine, model=model, optimizer=optimizer, scheduler=scheduler,
                        processor=processor, task=task, state=state, metric=metric,
                        mode=mode, total_steps=schedule.total_steps,
-                       merge_lora=lora.merge if lora else True, train_features=train_features)
+                       merge_lora=lora.merge if lora else True, train_features=train_features,
+                       threads_seen=_threads_seen(facts, tc.threads))
     start = Position()
     pending_eval: float | None = None  # the epoch of an evaluation an interrupt cut short
     if resume is not None and found is None and engine.is_main:
@@ -239,10 +240,18 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     return RunResult(run=run, summary=summary)
 
 
-def _create_run(cfg: Config, engine: Engine) -> Path:
+def _threads_seen(facts: dict[str, Any], configured: int | None) -> dict[str, Any]:
+    """What summary.json says about the thread count: set in the config, or chosen from what the
+    CPU looked like as training started (cores usable, held by others, and how that was seen)."""
+    cpu = facts.get("cpu") or {}
+    return {"set_by": "config" if configured else "free cores",
+            **{k: cpu.get(k) for k in ("cores_usable", "busy_cores", "others_cores", "busy_source", "load_1m")}}
+
+
+def _create_run(cfg: Config, engine: Engine, facts: dict[str, Any]) -> Path:
     from accelerate.utils import broadcast_object_list
 
-    holder = [str(runs.create(cfg)) if engine.is_main else None]
+    holder = [str(runs.create(cfg, facts)) if engine.is_main else None]
     if engine.world > 1:
         broadcast_object_list(holder)
     return Path(holder[0])
@@ -327,6 +336,7 @@ def _write_summary(ctx: TrainContext, cfg: Config, *, status: str, stopped: str,
         "frozen_parameters": len(frozen),
         "engine": {**ctx.engine.describe(), "replicas_in_sync": replicas_in_sync},
         "threads": torch.get_num_threads(),
+        "threads_chosen_from": ctx.threads_seen,
         "choices": {"optimizer": cfg.train.optimizer, "fused_optimizer": cfg.train.optimizer == "adamw",
                     "group_by_length": cfg.train.group_by_length, "compile": cfg.train.compile,
                     "precision": ctx.engine.precision, "lora": hasattr(ctx.bare, "peft_config")},
