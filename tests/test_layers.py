@@ -23,13 +23,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("runassist.assets",),
     ("runassist.metrics",),
     ("runassist.tasks",),
-    ("runassist.cache", "runassist.inference", "runassist.runs"),
+    ("runassist.cache", "runassist.inference", "runassist.runs", "runassist.registry"),
     ("runassist.train",),
     ("runassist.onnx_runtime", "runassist.predict"),
     ("runassist.evaluate", "runassist.export", "runassist.compare", "runassist.report", "runassist.agent",
-     "runassist.init_config", "runassist.mcp_stdio", "runassist.chat_session"),
+     "runassist.init_config", "runassist.mcp_stdio", "runassist.chat_session", "runassist.gate"),
     ("runassist.serve",),
-    ("runassist.cli", "runassist.__main__"),
+    ("runassist.cli_output", "runassist.cli_lifecycle", "runassist.cli", "runassist.__main__"),
 ]
 
 

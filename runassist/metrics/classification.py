@@ -132,3 +132,12 @@ def tune_thresholds(probs: np.ndarray, gold: np.ndarray, *, grid: Sequence[float
     thresholds = grid_arr[best].astype(np.float64)
     thresholds[n_gold[:, 0] == 0] = 0.5
     return thresholds
+
+
+def item_counts_by_label(gold: Sequence[Collection[str]], pred: Sequence[Collection[str]],
+                         labels: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per label, ``[n_items, 3]`` of ``(correct, predicted, gold)`` (0/1 each): summed over any
+    subset of items they give that label's precision, recall and F1 (a paired bootstrap per label)."""
+    g, p = to_indicator(gold, labels).astype(bool), to_indicator(pred, labels).astype(bool)
+    return {label: np.stack([g[:, j] & p[:, j], p[:, j], g[:, j]], axis=1).astype(np.int64)
+            for j, label in enumerate(labels)}

@@ -228,6 +228,31 @@ def sentence_counts(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]
     return np.asarray(rows, dtype=np.int64).reshape(len(rows), 3)
 
 
+def sentence_counts_by_type(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], *,
+                            mode: Mode = "conlleval") -> dict[str, np.ndarray]:
+    """Per entity type, ``[n_sentences, 3]`` of ``(correct, predicted, gold)``: the per-type rows of
+    ``sentence_counts``, for a paired bootstrap of each type's F1 over sentences."""
+    _check_mode(mode)
+    per_sentence = []
+    types: set[str] = set()
+    for g, p in _pairs(gold, pred):
+        g_ents, p_ents = set(extract_entities(g, mode=mode)), set(extract_entities(p, mode=mode))
+        counts = Counter()
+        for ent in g_ents & p_ents:
+            counts[(ent[0], 0)] += 1
+        for ent in p_ents:
+            counts[(ent[0], 1)] += 1
+        for ent in g_ents:
+            counts[(ent[0], 2)] += 1
+        types.update(ent[0] for ent in g_ents | p_ents)
+        per_sentence.append(counts)
+    out = {}
+    for type_ in sorted(types):
+        out[type_] = np.asarray([[c[(type_, k)] for k in range(3)] for c in per_sentence],
+                                dtype=np.int64).reshape(len(per_sentence), 3)
+    return out
+
+
 def score_entities(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], *,
                    mode: Mode = "conlleval") -> dict[str, Any]:
     """Entity-level scores of predicted word tags against gold word tags.

@@ -414,6 +414,14 @@ class ClassifyTask(BaseTask):
             body["confusion"] = {"a": scores_a.get("confusion"), "b": scores_b.get("confusion")}
         return body
 
+    def label_item_counts(self, examples: Sequence[TextExample], predictions: Sequence[LabelPrediction],
+                          labels: Sequence[str]) -> dict[str, Any]:
+        """Per label, per text: (correct, predicted, gold), 0 or 1 each."""
+        from runassist.metrics.classification import item_counts_by_label
+
+        return item_counts_by_label([list(ex.labels) for ex in examples], [list(p.labels) for p in predictions],
+                                    labels)
+
     # -- agent tools and the page -------------------------------------------------
     def input_schema(self, max_chars: int) -> dict[str, Any]:
         text = {"type": "string", "maxLength": max_chars}

@@ -310,6 +310,13 @@ class BaseTask:
                 "per_label": per_label_rows(scores_a.get("per_class") or {}, scores_b.get("per_class") or {}),
                 "agreement": self.agreement(out_a, out_b)["agreement"]}
 
+    def label_item_counts(self, examples: Sequence[Any], predictions: Sequence[Any],
+                          labels: Sequence[str]) -> dict[str, Any] | None:
+        """Per label, an ``[n_items, 3]`` array of ``(correct, predicted, gold)`` counts per example, so
+        the promotion gate can bootstrap each label's F1 over the same resamples as the headline.
+        None: the task has no per-label scores (the gate then judges the headline alone, and says so)."""
+        return None
+
     # -- agent tools and the page ------------------------------------------------------------------
     def input_schema(self, max_chars: int) -> dict[str, Any]:
         """JSON schema of one input of the tool (`GET /v1/tools`, MCP) and of `POST /v1/predict`."""

@@ -357,6 +357,14 @@ class NerTask(BaseTask):
             "agreement": share_equal(tags_a, tags_b),
         }
 
+    def label_item_counts(self, examples: Sequence[TokenExample], predictions: Sequence[TagPrediction],
+                          labels: Sequence[str]) -> dict[str, Any]:
+        """Per entity type, per sentence: (correct, predicted, gold) entities."""
+        from runassist.metrics.entities import sentence_counts_by_type
+
+        gold = [list(ex.tags or ()) for ex in examples]
+        return sentence_counts_by_type(gold, [list(p.tags) for p in predictions], mode=self.task_cfg.scoring)
+
     # -- agent tools and the page -------------------------------------------------
     def input_schema(self, max_chars: int) -> dict[str, Any]:
         return {"anyOf": [{"type": "string", "maxLength": max_chars,
