@@ -67,6 +67,10 @@ class DataConfig(_Section):
     label_separator: str | None = None  # multi-label in CSV: labels joined by this string
     max_train_examples: int | None = Field(None, ge=1)  # use the first N training examples (quick experiments)
     max_eval_examples: int | None = Field(None, ge=1)  # and the first N of dev and of test
+    # Retraining without forgetting: earlier training data replayed beside data.train (the new data),
+    # replay_ratio old examples per new one (a seeded sample; all of them when there are fewer).
+    replay: str | None = None
+    replay_ratio: float = Field(1.0, ge=0.0)
 
 
 class LoraConfig(_Section):
@@ -113,6 +117,9 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     compile: bool = False
     threads: int | None = Field(None, ge=1)  # None: one per free core
+    # model.source is a trained run's model: keep its labels in their order, with their head rows
+    # as trained, and add the training data's new labels after them (retraining; see retrain.py)
+    extend_labels: bool = False
 
     @field_validator("freeze")
     @classmethod

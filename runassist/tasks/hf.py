@@ -122,3 +122,29 @@ def load_model(auto_cls: Any, source: str, labels: list[str] | None, *, dropout:
             if isinstance(module, torch.nn.Dropout):
                 module.p = dropout
     return model
+
+
+def keep_head_rows(model: torch.nn.Module, source: str, n_old: int, n_new: int) -> list[str]:
+    """After ``load_model`` gave a head sized for ``n_new`` labels (new head: random), put back the
+    first ``n_old`` rows from the source's trained head, so the old labels predict as before while the
+    new ones learn. A head parameter is any tensor whose first dimension is the label count in both
+    (``classifier.weight``/``.bias`` in every Hugging Face family). Returns the names restored."""
+    from safetensors import safe_open
+
+    path = Path(source) / "model.safetensors"
+    if not path.exists():
+        raise RunassistError(f"{source}: no model.safetensors to keep the trained head rows from")
+    restored = []
+    params = dict(model.named_parameters())
+    with safe_open(str(path), framework="pt") as f, torch.no_grad():
+        for name in f.keys():  # noqa: SIM118 -- safe_open has keys(), not iteration
+            param = params.get(name)
+            if param is None or param.shape[0] != n_new:
+                continue
+            old = f.get_tensor(name)
+            if old.shape[0] == n_old and old.shape[1:] == param.shape[1:]:
+                param[:n_old] = old.to(param.dtype)
+                restored.append(name)
+    if not restored:
+        raise RunassistError(f"{source}: found no head of {n_old} labels to extend to {n_new}")
+    return restored

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -38,15 +38,26 @@ class Splits:
     test: list[Any] | None
 
 
-def read_splits(task: Any, cfg: Config) -> Splits:
+def replay_sample(old: list[Any], n_new: int, ratio: float, seed: int) -> list[Any]:
+    """``ratio`` old examples per new one, drawn without replacement (seeded): the old labels keep
+    being seen while the model learns the new data, so they are not forgotten."""
+    import random
+
+    k = min(len(old), round(ratio * n_new))
+    return random.Random(seed).sample(old, k) if k < len(old) else list(old)
+
+
+def read_splits(task: Any, cfg: Config, extra_known: Sequence[str] = ()) -> Splits:
     """Read every split and check labels before any compute is spent."""
     if not cfg.data.train:
         raise RunassistError("data.train: not set; give a file or an asset alias, e.g. data.train=wnut16:train")
     d = cfg.data
     train = task.read(d.train)[:d.max_train_examples]
+    if d.replay:
+        train = train + replay_sample(task.read(d.replay), len(train), d.replay_ratio, cfg.train.seed)
     dev = task.read(d.dev)[:d.max_eval_examples] if d.dev else None
     test = task.read(d.test)[:d.max_eval_examples] if d.test else None
-    known = set(task.label_counts(train))
+    known = set(task.label_counts(train)) | set(extra_known)
     for spec, examples in ((cfg.data.dev, dev), (cfg.data.test, test)):
         if examples is None:
             continue
@@ -78,11 +89,14 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     torch.manual_seed(tc.seed)
 
     task = make_task(cfg)
-    splits = read_splits(task, cfg)
     source = resolve_model(cfg.model.source)
+    kept = _kept_labels(source) if tc.extend_labels else None
+    splits = read_splits(task, cfg, kept or ())
     task.check_source(source)
     processor = task.load_processor(source)
     state = TaskState(labels=task.label_set(splits.train), extras=task.initial_extras(splits.train))
+    if kept is not None and state.labels is not None:
+        state.labels = kept + [label for label in state.labels if label not in kept]
 
     engine = Engine(precision=tc.precision, bf16_fast_cpu=env.bf16_fast(facts))
     run = resume or _create_run(cfg, engine, facts)
@@ -99,6 +113,10 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
         raise DataError(cfg.data.train, None, "no training examples")
 
     model = task.build_model(source, state, dropout=tc.dropout)
+    if kept is not None and state.labels is not None and len(state.labels) > len(kept):
+        from runassist.tasks.hf import keep_head_rows
+
+        keep_head_rows(model, source, len(kept), len(state.labels))
     frozen = apply_freeze(model, tc.freeze)
     lora = tc.lora if tc.lora is not None else task.default_lora(model)  # a large chat model: LoRA by default
     if lora is not None:
@@ -238,6 +256,16 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
                              n_train=len(splits.train), test=test_scores, replicas_in_sync=in_sync)
     engine.wait()
     return RunResult(run=run, summary=summary)
+
+
+def _kept_labels(source: str) -> list[str] | None:
+    """The labels of a trained run's model folder (its task.json), in their order; None otherwise."""
+    saved = Path(source) / "task.json"
+    if not saved.exists():
+        raise ConfigError(f"train.extend_labels: model.source {source} is not a trained run's model folder "
+                          "(no task.json); give RUN/model")
+    labels = read_json(saved).get("labels")
+    return list(labels) if labels is not None else None
 
 
 def _threads_seen(facts: dict[str, Any], configured: int | None) -> dict[str, Any]:
