@@ -341,7 +341,8 @@ def export(run: Path, fmt: str = typer.Option("onnx", "--format", help="onnx"),
 
 
 @app.command()
-def serve(run: Path, host: str = typer.Option("127.0.0.1", "--host", help="0.0.0.0 exposes it to the network"),
+def serve(run: str = typer.Argument(..., help="a run folder, or registry:NAME@champion (follows the alias)"),
+          host: str = typer.Option("127.0.0.1", "--host", help="0.0.0.0 exposes it to the network"),
           port: int = typer.Option(8000, "--port"), workers: int = typer.Option(1, "--workers"),
           backend: str = typer.Option("torch", "--backend", help="torch | onnx"),
           api_key: Optional[str] = typer.Option(None, "--api-key", envvar="RUNASSIST_API_KEY",
@@ -349,8 +350,12 @@ def serve(run: Path, host: str = typer.Option("127.0.0.1", "--host", help="0.0.0
           max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="micro-batch gathering window"),
           max_generations: int = typer.Option(2, "--max-generations",
                                               help="chat: generations at once per worker (429 above)"),
-          max_new_tokens: int = typer.Option(1024, "--max-new-tokens", help="chat: the largest max_tokens")) -> None:
-    """An HTTP service (and a page to try the model) for a trained run."""
+          max_new_tokens: int = typer.Option(1024, "--max-new-tokens", help="chat: the largest max_tokens"),
+          feedback: Optional[str] = typer.Option(None, "--feedback", help="feedback store: a SQLite path or a "
+                                                 "SQLAlchemy URL; default for registry: refs: the registry's; none: off"),
+          queue_below: Optional[float] = typer.Option(None, "--queue-below", help="queue inputs whose confidence is "
+                                                      "below this for labelling")) -> None:
+    """An HTTP service (and a page to try the model) for a trained run, or for a registry alias it follows."""
     from runassist.serve import serve as serve_run
 
     if api_key is None and os.environ.get("RUNASSIST_API_KEY") is not None:
@@ -359,7 +364,8 @@ def serve(run: Path, host: str = typer.Option("127.0.0.1", "--host", help="0.0.0
         api_key = os.environ["RUNASSIST_API_KEY"]
 
     serve_run(run, host=host, port=port, workers=workers, backend=backend, api_key=api_key, max_wait_ms=max_wait_ms,
-              max_generations=max_generations, max_new_tokens=max_new_tokens)
+              max_generations=max_generations, max_new_tokens=max_new_tokens, feedback=feedback,
+              queue_below=queue_below)
 
 
 @app.command()

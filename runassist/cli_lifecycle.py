@@ -15,9 +15,31 @@ registry_app = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="Named models, their versions (run folders) and aliases champion/challenger.")
 
 
+feedback_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                           help="The feedback store: predictions the service made and their corrections.")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(registry_app, name="registry")
+    app.add_typer(feedback_app, name="feedback")
     app.command()(promote)
+    app.command()(retrain)
+
+
+def _run_path(run: str, root: Optional[Path]) -> Path:
+    """A run folder, or the run a registry reference points at."""
+    from runassist.registry import is_reference
+
+    return _registry(root).resolve(run) if is_reference(run) else Path(run)
+
+
+def _store(db: Optional[str], root: Optional[Path]):
+    from runassist.feedback import FeedbackStore, default_url
+
+    return FeedbackStore(db or default_url(_registry(root).root))
+
+
+DB_HELP = "the feedback store: a SQLite path or SQLAlchemy URL (default: the registry's feedback.sqlite)"
 
 
 def _registry(root: Optional[Path]):
@@ -112,3 +134,70 @@ def promote(run: Path, to: str = typer.Option(..., "--to", help="the registry mo
         out.print(f"report: {escape(decision['report']['html'])}")
     if not decision["passed"]:
         raise typer.Exit(1)
+
+
+@feedback_app.command("export")
+def feedback_export(run: str = typer.Argument(..., help="a run folder or registry:NAME@champion: whose task format"),
+                    output: Path = typer.Option(..., "-o", "--output", help="folder for train/test files"),
+                    holdout: float = typer.Option(0.2, "--holdout", help="share held out as the feedback test set"),
+                    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+                    root: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)) -> None:
+    """Write the corrections as a dataset in the task's own format, with a held-out feedback test set."""
+    from runassist.cli_output import _json
+    from runassist.feedback import export
+    from runassist.runs import load_config
+    from runassist.tasks import make_task
+
+    task = make_task(load_config(_run_path(run, root)))
+    _json(export(_store(db, root), task, output, holdout=holdout))
+
+
+@feedback_app.command("stats")
+def feedback_stats(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+                   root: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)) -> None:
+    """How many predictions, corrections and queued inputs the store holds."""
+    from runassist.cli_output import _json
+
+    store = _store(db, root)
+    _json({**store.counts(), "schema_version": store.schema_version(), "store": store._safe_url()})
+
+
+def retrain(champion: str = typer.Argument(..., help="the champion: a run folder or registry:NAME@champion"),
+            data: str = typer.Option(..., "--data", help="the new training data (a feedback export's train file)"),
+            overrides: Optional[list[str]] = typer.Argument(None, help="config overrides, key=value"),
+            feedback_test: Optional[str] = typer.Option(None, "--feedback-test", help="a feedback test set, scored "
+                                                                                      "beside the original test"),
+            replay: float = typer.Option(1.0, "--replay", help="old training examples replayed per new one (0: none)"),
+            do_promote: bool = typer.Option(False, "--promote", help="run the gate at the end"),
+            to: Optional[str] = typer.Option(None, "--to", help="registry model NAME (default: the reference's)"),
+            gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml"),
+            root: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)) -> None:
+    """Retrain from the champion on new data without forgetting (warm start, old data replayed, new labels
+    added to the head), score it beside the champion, and with --promote put it through the gate."""
+    from runassist.cli_output import out
+    from runassist.errors import RunassistError
+    from runassist.gate import load_gate, promote as run_gate
+    from runassist.registry import is_reference, parse_reference
+    from runassist.retrain import retrain as run_retrain
+
+    if do_promote and to is None:
+        if not is_reference(champion):
+            raise RunassistError("--promote: say which registry model with --to NAME")
+        to = parse_reference(champion)[0]
+    summary = run_retrain(_run_path(champion, root), data, replay_ratio=replay, feedback_test=feedback_test,
+                          overrides=overrides or ())
+    out.print(f"new run: {escape(summary['run'])}")
+    for name, c in summary["compared"].items():
+        out.print(f"  {name} ({escape(c['data'])}): {c['headline']} champion {c['champion']:.4f}, new {c['new']:.4f}; "
+                  f"{escape(c['verdict'])}")
+    if do_promote:
+        settings = load_gate(gate)
+        if feedback_test:
+            settings = settings.model_copy(update={"data": [*settings.data, feedback_test]})
+        decision = run_gate(summary["run"], to, settings, _registry(root))
+        word = "[green]PASSED[/]" if decision["passed"] else "[red]REFUSED[/]"
+        out.print(f"{word} -> {escape(to)} version {decision['version']}; report: {escape(decision['report']['html'])}")
+        for reason in decision["reasons"]:
+            out.print(f"  {escape(reason)}")
+        if not decision["passed"]:
+            raise typer.Exit(1)

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("runassist.assets",),
     ("runassist.metrics",),
     ("runassist.tasks",),
-    ("runassist.cache", "runassist.inference", "runassist.runs", "runassist.registry"),
+    ("runassist.cache", "runassist.inference", "runassist.runs", "runassist.registry", "runassist.feedback"),
     ("runassist.train",),
     ("runassist.onnx_runtime", "runassist.predict"),
     ("runassist.evaluate", "runassist.export", "runassist.compare", "runassist.report", "runassist.agent",

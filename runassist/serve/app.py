@@ -44,6 +44,7 @@ from runassist.agent import DEFAULT_MAX_CHARS, DEFAULT_MAX_INPUTS, InputError, L
 from runassist.errors import RunassistError
 from runassist.serve.batcher import Batcher, BatcherClosed
 from runassist.serve.common import CLIENT_CLOSED, ApiError, error_response, read_json
+from runassist.serve.feedback_routes import FeedbackHook, feedback_routes
 from runassist.serve.metrics import CONTENT_TYPE, MULTIPROC_DIR, Metrics
 from runassist.serve.openai_chat import chat_routes, takes_conversation
 
@@ -51,7 +52,9 @@ STATIC = Path(__file__).resolve().parent / "static"
 ENV_RUN = "RUNASSIST_SERVE_RUN"  # the run folder, for app_from_env (uvicorn --workers N)
 ENV_OPTIONS = "RUNASSIST_SERVE_OPTIONS"  # JSON: backend, threads and ServeSettings fields except api_key
 ENV_API_KEY = "RUNASSIST_API_KEY"
-ROUTES = ("/", "/health", "/metrics", "/v1/chat/completions", "/v1/model", "/v1/models", "/v1/predict", "/v1/tools")
+ROUTES = ("/", "/health", "/metrics", "/v1/chat/completions", "/v1/feedback", "/v1/model", "/v1/models", "/v1/predict",
+          "/v1/tools")
+ENV_FEEDBACK_OPTIONS = "RUNASSIST_SERVE_FEEDBACK"  # JSON: url, queue_below (its URL may hold a password: not in OPTIONS)
 PUBLIC = ("/", "/health", "/favicon.ico")  # plus /static/*: the page holds no model data and asks for the key
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -97,14 +100,25 @@ class ServeSettings:
 
 # -- the app ----------------------------------------------------------------
 
-def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> FastAPI:
+def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings(), feedback: Any = None,
+               queue_below: float | None = None) -> FastAPI:
     """An ASGI app serving ``predictor`` (anything with ``examples``, ``predict_examples``, ``info``
-    and ``task.to_json``, as ``runassist.predict.Predictor`` has)."""
+    and ``task.to_json``, as ``runassist.predict.Predictor`` has; a serve.live.LivePredictor follows a
+    registry alias). ``feedback``: a feedback.FeedbackStore, which gives every prediction an id and
+    opens POST /v1/feedback; inputs with ``task.confidence`` below ``queue_below`` are queued for labelling."""
     info = predictor.info()
-    tool = tool_definition(predictor, limits=settings.limits)
+    hook = FeedbackHook(feedback, predictor, queue_below=queue_below) if feedback is not None else None
     metrics = Metrics(queued_items=lambda: batcher.queued_items, guard=getattr(predictor, "guard", None))
-    batcher = Batcher(lambda examples: predict_json(predictor, examples), max_batch_size=settings.max_batch_size,
-                      max_wait_ms=settings.max_wait_ms, on_batch=metrics.observe_batch)
+
+    def answer(examples: list[Any]) -> list[Any]:
+        if hook is None:
+            return predict_json(predictor, examples)
+        task = predictor.task  # one model for the whole batch, even if a new one is swapped in meanwhile
+        current = getattr(predictor, "current", predictor)
+        return [(task.to_json(ex, p), task.confidence(p)) for ex, p in zip(examples, current.predict_examples(examples))]
+
+    batcher = Batcher(answer, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
+                      on_batch=metrics.observe_batch)
     chat, generations = chat_routes(predictor, settings, metrics, info["run"])
     streams = bool(getattr(getattr(predictor.task, "capabilities", None), "streams", False))
     conversation = streams and takes_conversation(predictor.task, settings.max_chars)
@@ -112,11 +126,16 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
+        following = callable(getattr(type(predictor), "start", None))  # a LivePredictor: follow the registry
+        if following:
+            predictor.start()
         try:
             yield
         finally:
             await batcher.aclose()  # answers every request still queued, then stops the worker thread
             await asyncio.to_thread(generations.close)  # ends generations still running, within a token
+            if following:
+                await asyncio.to_thread(predictor.stop)
 
     app = FastAPI(title="runassist", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.predictor, app.state.settings = predictor, settings
@@ -161,12 +180,16 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
     @app.get("/v1/model")
     async def model() -> JSONResponse:
         # streams: the page offers its chat box (/v1/chat/completions); conversation: it sends the history
-        return JSONResponse({**info, "limits": settings.public(), "tool": tool["function"]["name"],
-                             "streams": streams, "conversation": conversation})
+        # Asked each time: a service following the registry may have swapped its model since.
+        return JSONResponse({**predictor.info(), "limits": settings.public(), "tool": task_tool()["function"]["name"],
+                             "streams": streams, "conversation": conversation, "feedback": hook is not None})
+
+    def task_tool() -> dict[str, Any]:
+        return tool_definition(predictor, limits=settings.limits)
 
     @app.get("/v1/tools")
     async def tools() -> JSONResponse:
-        return JSONResponse(tool)
+        return JSONResponse(task_tool())
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -187,6 +210,8 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
         except Exception as exc:  # the model failed on this request: logged here, answered as JSON
             log.exception("prediction failed")
             raise ApiError(500, "internal", f"prediction failed ({type(exc).__name__}: {exc})") from None
+        if hook is not None:
+            predictions = await hook.stamp(data["inputs"], predictions)
         return JSONResponse({"predictions": predictions})
 
     @app.get("/")
@@ -194,6 +219,7 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.include_router(chat)
+    app.include_router(feedback_routes(hook, settings.max_body_bytes))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
@@ -263,11 +289,39 @@ class _Edge:
 
 # -- running it ---------------------------------------------------------------
 
+def load_predictor(run: str | Path, *, backend: str = "torch", threads: int = 1, poll_s: float = 1.0) -> Any:
+    """A run folder -> its Predictor; ``registry:NAME@ALIAS`` -> a LivePredictor that follows the alias
+    (the registry folder: RUNASSIST_REGISTRY or ./registry)."""
+    from runassist.predict import Predictor
+    from runassist.registry import Registry, is_reference
+
+    if is_reference(str(run)):
+        from runassist.serve.live import LivePredictor
+
+        return LivePredictor(str(run), Registry(), lambda path: Predictor.from_run(path, backend=backend, threads=threads),
+                             poll_s=poll_s)
+    return Predictor.from_run(run, backend=backend, threads=threads)
+
+
+def feedback_store(run: str | Path, feedback: str | None) -> Any:
+    """The store a service writes to: ``feedback`` (a SQLAlchemy URL or a SQLite path; "none": off), by
+    default the registry's SQLite file when serving a registry reference, else none."""
+    from runassist.registry import default_root, is_reference
+
+    if feedback is None and is_reference(str(run)):
+        from runassist.feedback import default_url
+
+        feedback = default_url(default_root())
+    if feedback is None or feedback == "none":
+        return None
+    from runassist.feedback import FeedbackStore
+
+    return FeedbackStore(feedback)
+
+
 def app_from_env() -> FastAPI:
     """Factory for uvicorn workers (``runassist.serve.app:app_from_env``, factory=True): each worker
     process loads the run named by RUNASSIST_SERVE_RUN with RUNASSIST_SERVE_OPTIONS."""
-    from runassist.predict import Predictor
-
     run = os.environ.get(ENV_RUN)
     if not run:
         raise RunassistError(f"{ENV_RUN} is not set: it names the run folder to serve")
@@ -279,7 +333,9 @@ def app_from_env() -> FastAPI:
         raise RunassistError(f"{ENV_OPTIONS}: unknown key(s) {', '.join(sorted(unknown))}; known: "
                              f"backend, threads, {', '.join(sorted(known))}")
     settings = ServeSettings(api_key=os.environ.get(ENV_API_KEY), **options)  # unset: no key; empty: refused
-    app = create_app(Predictor.from_run(run, backend=backend, threads=threads), settings=settings)
+    fb = json.loads(os.environ.get(ENV_FEEDBACK_OPTIONS) or "{}")
+    app = create_app(load_predictor(run, backend=backend, threads=threads), settings=settings,
+                     feedback=feedback_store(run, fb.get("url")), queue_below=fb.get("queue_below"))
     _freeze_heap()
     return app
 
@@ -326,13 +382,15 @@ def _exit_quietly_after_shutdown():
 
 def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, backend: str = "torch",
           api_key: str | None = None, max_wait_ms: float = 5.0, threads: int = 1, max_generations: int = 2,
-          max_new_tokens: int = 1024, settings: ServeSettings | None = None, log_level: str = "info") -> None:
+          max_new_tokens: int = 1024, settings: ServeSettings | None = None, log_level: str = "info",
+          feedback: str | None = None, queue_below: float | None = None) -> None:
     """``runassist serve RUN``: load the run (a RunassistError if its folder is incomplete), then serve
     until SIGINT/SIGTERM, finishing the requests in flight. One torch thread per worker process:
     scale with --workers."""
     import uvicorn
 
-    from runassist.predict import BACKENDS, Predictor
+    from runassist.predict import BACKENDS
+    from runassist.registry import Registry, is_reference
     from runassist.runs import require
 
     settings = settings or ServeSettings(api_key=api_key, max_wait_ms=max_wait_ms, max_generations=max_generations,
@@ -344,8 +402,8 @@ def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers
               f"(--api-key or {ENV_API_KEY})", file=sys.stderr)
     common = dict(log_level=log_level, timeout_graceful_shutdown=30, lifespan="on")
     if workers == 1:
-        predictor = Predictor.from_run(run, backend=backend, threads=threads)
-        app = create_app(predictor, settings=settings)
+        predictor = load_predictor(run, backend=backend, threads=threads)
+        app = create_app(predictor, settings=settings, feedback=feedback_store(run, feedback), queue_below=queue_below)
         _freeze_heap()
         sock = _bind(host, port)
         with _exit_quietly_after_shutdown():
@@ -353,10 +411,17 @@ def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers
         return
     # Several processes: uvicorn imports the app in each worker, so it gets an import string and
     # the settings travel in the environment. Check the run here so a bad folder fails once, at start.
-    require(Path(run), "config.yaml", "model/task.json")
+    if is_reference(str(run)):
+        Registry().resolve(str(run))  # an unknown name or alias fails once, here
+        os.environ[ENV_RUN] = str(run)
+        os.environ.setdefault("RUNASSIST_REGISTRY", str(Registry().root.resolve()))
+    else:
+        require(Path(run), "config.yaml", "model/task.json")
+        os.environ[ENV_RUN] = str(Path(run).resolve())
     if backend not in BACKENDS:
         raise RunassistError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    os.environ[ENV_RUN] = str(Path(run).resolve())
+    feedback_store(run, feedback)  # create and migrate it once, before the workers race to
+    os.environ[ENV_FEEDBACK_OPTIONS] = json.dumps({"url": feedback, "queue_below": queue_below})
     os.environ[ENV_OPTIONS] = json.dumps({"backend": backend, "threads": threads, **settings.public()})
     if settings.api_key is not None:
         os.environ[ENV_API_KEY] = settings.api_key

@@ -414,6 +414,39 @@ class ClassifyTask(BaseTask):
             body["confusion"] = {"a": scores_a.get("confusion"), "b": scores_b.get("confusion")}
         return body
 
+    def example_from_feedback(self, item: Any, corrected: Any) -> TextExample:
+        """``{"label": "pos"}``, or ``{"labels": [...]}`` for a multi-label run."""
+        example = self.example_from_input(item)
+        if isinstance(corrected, dict) and isinstance(corrected.get("label"), str) and not self.multi_label:
+            labels = (corrected["label"],)
+        elif isinstance(corrected, dict) and isinstance(corrected.get("labels"), list) and \
+                all(isinstance(x, str) for x in corrected["labels"]) and (self.multi_label or len(corrected["labels"]) == 1):
+            labels = tuple(corrected["labels"])
+        else:
+            want = '{"labels": ["a", "b"]}' if self.multi_label else '{"label": "positive"}'
+            raise ValueError(f"a classification correction is {want}")
+        return dataclasses.replace(example, labels=labels)
+
+    def dump_examples(self, examples: Sequence[TextExample]) -> tuple[str, str]:
+        import json
+
+        d = self.data_cfg
+        rows = []
+        for ex in examples:
+            row = {d.text_column: ex.text}
+            if ex.text_pair is not None:
+                row[d.text_pair_column or "text_pair"] = ex.text_pair
+            row[d.label_column] = list(ex.labels) if self.multi_label else ex.labels[0]
+            rows.append(json.dumps(row, ensure_ascii=False))
+        return ".jsonl", "".join(r + "\n" for r in rows)
+
+    def confidence(self, prediction: LabelPrediction) -> float | None:
+        if not prediction.probs:
+            return None
+        if self.multi_label:  # the label closest to its decision
+            return float(min(abs(2 * p - 1) for p in prediction.probs))
+        return float(max(prediction.probs))
+
     def label_item_counts(self, examples: Sequence[TextExample], predictions: Sequence[LabelPrediction],
                           labels: Sequence[str]) -> dict[str, Any]:
         """Per label, per text: (correct, predicted, gold), 0 or 1 each."""

@@ -310,6 +310,21 @@ class BaseTask:
                 "per_label": per_label_rows(scores_a.get("per_class") or {}, scores_b.get("per_class") or {}),
                 "agreement": self.agreement(out_a, out_b)["agreement"]}
 
+    # -- keeping the model current (feedback.py, label_queue.py) -----------------------------------
+    def example_from_feedback(self, item: Any, corrected: Any) -> Any:
+        """A labelled example from a service input and a person's corrected output for it (the body
+        of `POST /v1/feedback`); ValueError says what form the correction must take."""
+        raise ValueError(f"a {self.name} run does not take corrections yet")
+
+    def dump_examples(self, examples: Sequence[Any]) -> tuple[str, str]:
+        """Labelled examples as a file this task reads back: (suffix, text)."""
+        raise ValueError(f"a {self.name} run cannot write its examples as a dataset")
+
+    def confidence(self, prediction: Any) -> float | None:
+        """How sure the prediction is, 0-1 (the least sure part of it): the service queues inputs below
+        a threshold for labelling; None when the task has no such number."""
+        return None
+
     def label_item_counts(self, examples: Sequence[Any], predictions: Sequence[Any],
                           labels: Sequence[str]) -> dict[str, Any] | None:
         """Per label, an ``[n_items, 3]`` array of ``(correct, predicted, gold)`` counts per example, so

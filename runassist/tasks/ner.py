@@ -357,6 +357,49 @@ class NerTask(BaseTask):
             "agreement": share_equal(tags_a, tags_b),
         }
 
+    def example_from_feedback(self, item: Any, corrected: Any) -> TokenExample:
+        """``{"entities": [{"start", "end", "label"}, ...]}`` (character offsets into a text input, as the
+        service returns them; an entity must cover whole words) or ``{"tags": [...]}`` (one per word)."""
+        from runassist.data.tags import tag_error, to_iob2
+
+        example = self.example_from_input(item)
+        if not isinstance(corrected, dict) or not ({"entities", "tags"} & set(corrected)):
+            raise ValueError('a NER correction is {"entities": [{"start": 0, "end": 5, "label": "PER"}, ...]} '
+                             'or {"tags": ["B-PER", "O", ...]}')
+        if "tags" in corrected:
+            tags = corrected["tags"]
+            if not (isinstance(tags, list) and len(tags) == len(example.tokens) and all(isinstance(t, str) for t in tags)):
+                raise ValueError(f"tags: give one tag (a string) per word; the input has {len(example.tokens)} words")
+            bad = next((t for t in tags if tag_error(t)), None)
+            if bad is not None:
+                raise ValueError(f"tags: {tag_error(bad)}")
+            return TokenExample(tokens=example.tokens, tags=tuple(to_iob2(tags, "auto")), text=example.text,
+                                offsets=example.offsets)
+        if example.offsets is None:
+            raise ValueError("entities with character offsets need a text input; for a word list give tags")
+        tags = ["O"] * len(example.tokens)
+        for i, ent in enumerate(corrected["entities"] or []):
+            try:
+                start, end, label = int(ent["start"]), int(ent["end"]), str(ent["label"])
+            except (TypeError, KeyError, ValueError):
+                raise ValueError(f"entities[{i}]: needs start, end (character offsets) and label") from None
+            words = [w for w, (s, e) in enumerate(example.offsets) if s < end and e > start]
+            if not words or example.offsets[words[0]][0] != start or example.offsets[words[-1]][1] != end:
+                raise ValueError(f"entities[{i}]: {start}-{end} does not cover whole words of the input")
+            if any(tags[w] != "O" for w in words):
+                raise ValueError(f"entities[{i}]: overlaps another entity")
+            tags[words[0]] = f"B-{label}"
+            for w in words[1:]:
+                tags[w] = f"I-{label}"
+        return TokenExample(tokens=example.tokens, tags=tuple(tags), text=example.text, offsets=example.offsets)
+
+    def dump_examples(self, examples: Sequence[TokenExample]) -> tuple[str, str]:
+        blocks = ["\n".join(f"{w}\t{t}" for w, t in zip(ex.tokens, ex.tags or ())) for ex in examples]
+        return ".conll", "\n\n".join(blocks) + ("\n" if blocks else "")
+
+    def confidence(self, prediction: TagPrediction) -> float | None:
+        return float(min(prediction.scores)) if prediction.scores else None
+
     def label_item_counts(self, examples: Sequence[TokenExample], predictions: Sequence[TagPrediction],
                           labels: Sequence[str]) -> dict[str, Any]:
         """Per entity type, per sentence: (correct, predicted, gold) entities."""
