@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(feedback_app, name="feedback")
     app.command()(promote)
     app.command()(retrain)
+    app.command("queue")(queue)
 
 
 def _run_path(run: str, root: Optional[Path]) -> Path:
@@ -201,3 +202,35 @@ def retrain(champion: str = typer.Argument(..., help="the champion: a run folder
             out.print(f"  {escape(reason)}")
         if not decision["passed"]:
             raise typer.Exit(1)
+
+
+def queue(run: str = typer.Argument(..., help="a run folder or registry:NAME@champion"),
+          pool: Optional[Path] = typer.Option(None, "--pool", help="unlabelled inputs: text (one a line), JSONL, CoNLL"),
+          from_store: bool = typer.Option(False, "--from-store", help="the inputs the service queued (low confidence)"),
+          k: int = typer.Option(200, "-k", help="how many to pick"),
+          strategy: str = typer.Option("margin", "--strategy", help="margin | entropy | random"),
+          random_share: float = typer.Option(0.1, "--random-share", help="share of random picks mixed in"),
+          seed: int = typer.Option(0, "--seed"),
+          output: Path = typer.Option(..., "-o", "--output", help=".conll (NER: tags to correct) or .jsonl"),
+          db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+          root: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP)) -> None:
+    """Pick the inputs a person should label next: those the model is least sure of, a share of random
+    ones, no near-duplicates; written with the model's prediction as a pre-annotation."""
+    from runassist.cli_output import out
+    from runassist.errors import RunassistError
+    from runassist.label_queue import build_queue, read_pool, write_queue
+    from runassist.predict import Predictor
+
+    if (pool is None) == (not from_store):
+        raise RunassistError("give --pool FILE or --from-store (one of them)")
+    predictor = Predictor.from_run(_run_path(run, root))
+    task = predictor.task
+    if pool is not None:
+        examples = read_pool(task, str(pool))
+    else:
+        examples = [task.example_from_input(q["input"]) for q in _store(db, root).queued()]
+    rows = build_queue(predictor, examples, k=k, strategy=strategy, random_share=random_share, seed=seed)
+    path = write_queue(task, rows, output)
+    why = {r: sum(1 for x in rows if x["reason"] == r) for r in ("uncertain", "random")}
+    out.print(f"{len(rows)} of {len(examples)} inputs to label ({why['uncertain']} uncertain, {why['random']} random) "
+              f"-> {escape(str(path))}")
