@@ -25,6 +25,7 @@ def register(app: typer.Typer) -> None:
     app.command()(promote)
     app.command()(retrain)
     app.command("queue")(queue)
+    app.command()(drift)
 
 
 def _run_path(run: str, root: Optional[Path]) -> Path:
@@ -234,3 +235,26 @@ def queue(run: str = typer.Argument(..., help="a run folder or registry:NAME@cha
     why = {r: sum(1 for x in rows if x["reason"] == r) for r in ("uncertain", "random")}
     out.print(f"{len(rows)} of {len(examples)} inputs to label ({why['uncertain']} uncertain, {why['random']} random) "
               f"-> {escape(str(path))}")
+
+
+def drift(run: str = typer.Argument(..., help="a run folder or registry:NAME@champion"),
+          since: Optional[str] = typer.Option(None, "--since", help="ISO date or time (UTC), e.g. 2026-12-01"),
+          all_models: bool = typer.Option(False, "--all-models", help="every model's predictions, not only this run's"),
+          db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+          root: Optional[Path] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Compare what the service saw (the feedback store) with the run's training reference: input length,
+    unknown sub-tokens, predicted labels, low-confidence share (exit 1 when something drifted)."""
+    from runassist.cli_output import _json, _show
+    from runassist.drift import drift_report
+
+    report = drift_report(_run_path(run, root), _store(db, root), since=since, all_models=all_models)
+    if as_json:
+        _json(report)
+    else:
+        rows = [[r["measure"], r["kind"], f"{r['value']:+.4f}" if r["kind"] == "share" else f"{r['value']:.4f}",
+                 r["level"]] for r in report["measures"]]
+        _show(f"drift of {report['current']['examples']} predictions since {report['since'] or 'the start'} "
+              f"against {report['reference']['examples']} dev examples", ["measure", "by", "value", "level"], rows)
+    if report["drifted"]:
+        raise typer.Exit(1)

@@ -17,7 +17,8 @@ PACKAGE = REPO / "runassist"
 # Left to right, as in the README's "Layout" section. A module may import its own layer and any
 # layer to its left, never one to its right.
 LAYERS: list[tuple[str, ...]] = [
-    ("runassist", "runassist.errors", "runassist.atomic", "runassist.env", "runassist.plots", "runassist.htmlparts"),
+    ("runassist", "runassist.errors", "runassist.atomic", "runassist.env", "runassist.plots", "runassist.htmlparts",
+     "runassist.data_profile"),
     ("runassist.config",),
     ("runassist.data",),
     ("runassist.assets",),
@@ -27,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("runassist.train",),
     ("runassist.onnx_runtime", "runassist.predict"),
     ("runassist.evaluate", "runassist.export", "runassist.compare", "runassist.report", "runassist.agent",
-     "runassist.init_config", "runassist.mcp_stdio", "runassist.chat_session", "runassist.gate", "runassist.retrain", "runassist.label_queue"),
+     "runassist.init_config", "runassist.mcp_stdio", "runassist.chat_session", "runassist.gate", "runassist.retrain", "runassist.label_queue", "runassist.drift"),
     ("runassist.serve",),
     ("runassist.cli_output", "runassist.cli_lifecycle", "runassist.cli", "runassist.__main__"),
 ]

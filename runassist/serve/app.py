@@ -39,8 +39,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from runassist.agent import DEFAULT_MAX_CHARS, DEFAULT_MAX_INPUTS, InputError, Limits, check_inputs, predict_json, \
-    tool_definition
+from runassist.agent import DEFAULT_MAX_CHARS, DEFAULT_MAX_INPUTS, InputError, Limits, check_inputs, tool_definition
+from runassist.data_profile import input_words
 from runassist.errors import RunassistError
 from runassist.serve.batcher import Batcher, BatcherClosed
 from runassist.serve.common import CLIENT_CLOSED, ApiError, error_response, read_json
@@ -111,12 +111,15 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings(), fee
     metrics = Metrics(queued_items=lambda: batcher.queued_items, guard=getattr(predictor, "guard", None))
 
     def answer(examples: list[Any]) -> list[Any]:
-        if hook is None:
-            return predict_json(predictor, examples)
-        task = predictor.task  # one model for the whole batch, even if a new one is swapped in meanwhile
-        current = getattr(predictor, "current", predictor)
-        return [(task.to_json(ex, p), task.confidence(p)) for ex, p in zip(examples, current.predict_examples(examples))]
+        """(JSON prediction, confidence) per example, counted for the drift metrics."""
+        current = getattr(predictor, "current", predictor)  # one model for the whole batch, even mid-swap
+        task = current.task
+        answers = [(task.to_json(ex, p), task.confidence(p)) for ex, p in zip(examples, current.predict_examples(examples))]
+        metrics.observe_predictions([input_words(ex) for ex in examples], [task.json_labels(a) for a, _ in answers],
+                                    [c for _, c in answers])
+        return answers
 
+    metrics.set_reference(_profile(predictor), info.get("labels"))
     batcher = Batcher(answer, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
                       on_batch=metrics.observe_batch)
     chat, generations = chat_routes(predictor, settings, metrics, info["run"])
@@ -211,8 +214,8 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings(), fee
             log.exception("prediction failed")
             raise ApiError(500, "internal", f"prediction failed ({type(exc).__name__}: {exc})") from None
         if hook is not None:
-            predictions = await hook.stamp(data["inputs"], predictions)
-        return JSONResponse({"predictions": predictions})
+            return JSONResponse({"predictions": await hook.stamp(data["inputs"], predictions)})
+        return JSONResponse({"predictions": [p for p, _ in predictions]})
 
     @app.get("/")
     async def page() -> FileResponse:
@@ -222,6 +225,16 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings(), fee
     app.include_router(feedback_routes(hook, settings.max_body_bytes))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _profile(predictor: Any) -> dict[str, Any] | None:
+    """The run's reference profile (RUN/model/profile.json), if it has one."""
+    run = getattr(predictor, "run", None)
+    path = Path(run) / "model" / "profile.json" if run is not None else None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.exists() else None
+    except (OSError, ValueError):
+        return None
 
 
 class _Edge:

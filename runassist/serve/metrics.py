@@ -33,6 +33,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from runassist.data_profile import LOW_CONFIDENCE, WORD_EDGES
 from runassist.errors import RunassistError
 
 # The type prometheus_client itself serves generate_latest's output with (choose_encoder, when a client
@@ -86,6 +87,21 @@ class Metrics:
         self.generated_tokens = Counter("runassist_generated_tokens_total", "Tokens generated.", registry=into)
         self.generating = Gauge("runassist_generations_in_flight", "Generations running (in worker threads).",
                                 multiprocess_mode="livesum", registry=into)
+        # Drift: what the inputs and predictions look like, beside the reference the run was trained with
+        # (RUN/model/profile.json, data_profile.py); `runassist drift` compares the two from the feedback store.
+        self.input_words = Histogram("runassist_input_words", "Words per input predicted.",
+                                     buckets=WORD_EDGES, registry=into)
+        self.predicted_labels = Counter("runassist_predicted_labels_total",
+                                        "Labels in the predictions (entity types, classes); 'other' for any label "
+                                        "the model was not trained with.", ("label",), registry=into)
+        self.confidence_seen = Counter("runassist_confidence_scored_total",
+                                       "Predictions with a confidence (task.confidence).", registry=into)
+        self.low_confidence = Counter("runassist_low_confidence_total",
+                                      f"Predictions with a confidence below {LOW_CONFIDENCE}.", registry=into)
+        self.reference = Gauge("runassist_reference", "The training reference (RUN/model/profile.json, on dev): "
+                               "words_mean, unknown_rate, low_confidence_share, and label_share:<label>.",
+                               ("measure",), multiprocess_mode="liveall", registry=into)
+        self.known_labels: set[str] = set()
         # A new process whose pid a dead worker had would start from that worker's last values: reset.
         self.queue.set(0)
         self.in_flight.set(0)
@@ -112,6 +128,29 @@ class Metrics:
         self.batch_latency.observe(seconds)
         self.count_queue()
         self._count_guard()
+
+    def set_reference(self, profile: dict | None, labels: list[str] | None) -> None:
+        """The run's reference profile as gauges, and the labels counted by name (others as 'other')."""
+        self.known_labels = set(labels or ()) | set((profile or {}).get("labels") or {})
+        if not profile:
+            return
+        for key in ("words_mean", "unknown_rate", "low_confidence_share"):
+            if profile.get(key) is not None:
+                self.reference.labels(key).set(profile[key])
+        for label, share in (profile.get("labels") or {}).items():
+            self.reference.labels(f"label_share:{label}").set(share)
+
+    def observe_predictions(self, words: list[int], labels: list[list[str]], confidences: list[float | None]) -> None:
+        for n in words:
+            self.input_words.observe(n)
+        for found in labels:
+            for label in found:
+                self.predicted_labels.labels(label if label in self.known_labels else "other").inc()
+        for c in confidences:
+            if c is not None:
+                self.confidence_seen.inc()
+                if c < LOW_CONFIDENCE:
+                    self.low_confidence.inc()
 
     def observe_generation(self, finish: str, tokens: int) -> None:
         self.generations.labels(finish).inc()

@@ -325,6 +325,13 @@ class BaseTask:
         a threshold for labelling; None when the task has no such number."""
         return None
 
+    def json_labels(self, output: dict[str, Any]) -> list[str]:
+        """The labels a JSON prediction (``to_json``) holds: drift counts their distribution."""
+        labels = output.get("labels")
+        if isinstance(labels, list):
+            return [str(x) for x in labels]
+        return [str(output["label"])] if isinstance(output.get("label"), str) else []
+
     def label_item_counts(self, examples: Sequence[Any], predictions: Sequence[Any],
                           labels: Sequence[str]) -> dict[str, Any] | None:
         """Per label, an ``[n_items, 3]`` array of ``(correct, predicted, gold)`` counts per example, so

@@ -397,6 +397,9 @@ class NerTask(BaseTask):
         blocks = ["\n".join(f"{w}\t{t}" for w, t in zip(ex.tokens, ex.tags or ())) for ex in examples]
         return ".conll", "\n\n".join(blocks) + ("\n" if blocks else "")
 
+    def json_labels(self, output: dict[str, Any]) -> list[str]:
+        return [str(e.get("label")) for e in output.get("entities") or [] if isinstance(e, dict)]
+
     def confidence(self, prediction: TagPrediction) -> float | None:
         return float(min(prediction.scores)) if prediction.scores else None
 

@@ -242,6 +242,9 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
         if ctx.best_extras is not None:  # and the dev-fitted values that go with those weights
             ctx.state.extras.clear()
             ctx.state.extras.update(ctx.best_extras)
+    reference = splits.dev or splits.test
+    if reference and engine.is_main and state.labels is not None:  # generative tasks: no label mix to watch
+        _write_profile(run, task, ctx.bare, processor, reference, state, engine)
     test_scores = None
     if splits.test is not None:
         predictions = predict_examples(task, ctx.bare, processor, splits.test, state,
@@ -256,6 +259,18 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
                              n_train=len(splits.train), test=test_scores, replicas_in_sync=in_sync)
     engine.wait()
     return RunResult(run=run, summary=summary)
+
+
+def _write_profile(run: Path, task: Any, model: Any, processor: Any, examples: list[Any], state: TaskState,
+                   engine: Engine) -> None:
+    """RUN/model/profile.json: inputs and predictions of the kept model on dev, the reference drift is
+    measured against (data_profile.py)."""
+    from runassist.data_profile import build
+
+    predictions = predict_examples(task, model, processor, examples, state, autocast=engine.autocast())
+    outputs = [task.to_json(ex, p) for ex, p in zip(examples, predictions)]
+    profile = build(task, examples, outputs, [task.confidence(p) for p in predictions], processor)
+    write_json(run / "model" / "profile.json", {**profile, "split": "dev", "run": run.name})
 
 
 def _kept_labels(source: str) -> list[str] | None:
