@@ -28,6 +28,9 @@ COMMENTS: dict[str, str] = {
     "data.label_separator": "several labels in one CSV cell: e.g. '|' for 'sports|politics'",
     "data.max_train_examples": "use only the first N training examples (a quick experiment); empty: all",
     "data.max_eval_examples": "use only the first N examples of dev and of test; empty: all",
+    "data.replay": "earlier training data replayed beside data.train so old labels are not forgotten "
+                   "(runassist retrain sets it); empty: none",
+    "data.replay_ratio": "old examples replayed per new one (a seeded sample)",
     "train": "hyperparameters",
     "train.epochs": "passes over the training data; early stopping usually ends sooner",
     "train.max_steps": "optional cap on optimizer updates (handy for smoke tests)",
@@ -60,6 +63,8 @@ COMMENTS: dict[str, str] = {
                               "false gave +0.02 test F1 over 4 seeds at ~30% fewer tokens/s"),
     "train.gradient_checkpointing": "recompute activations during backward: much less memory, ~30% slower",
     "train.compile": "torch.compile the model: sometimes faster on GPU, slower to start",
+    "train.extend_labels": ("model.source is a trained run's model: keep its labels and head rows, add new "
+                            "labels after them (runassist retrain sets it)"),
     "train.threads": "CPU threads; empty picks the free cores (a busy core makes 2 threads much slower than 1)",
     "output": "where the run folder goes",
     "output.dir": "parent folder of run folders",

@@ -169,6 +169,9 @@ def test_a_spinning_process_holds_a_core_and_an_exited_one_does_not(monkeypatch)
 def test_our_own_children_are_not_counted_as_others():
     if not Path("/proc/stat").exists():
         pytest.skip("no /proc/stat on this system")
+    idle = env.busy_other_cores(0.5)
+    if idle > 0.3:
+        pytest.skip(f"the machine is not idle ({idle:.2f} CPUs' worth used by other processes)")
     spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # our child: our own work
     try:
         time.sleep(0.3)
