@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser test test-fast demo demo-ner demo-classify demo-qa clean
+.PHONY: setup browser postgres test test-fast demo demo-ner demo-classify demo-qa demo-lifecycle clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,14 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium could not be installed: the browser test will be skipped"; }
 
-test: setup browser
+# The feedback store's and the search's PostgreSQL tests start a throw-away server from Debian's package.
+# Best effort: without it those tests skip and say why (SQLite, the default store, is always tested).
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null) \
+	  || echo "postgresql could not be installed: the PostgreSQL tests will be skipped"; }
+
+test: setup browser postgres
 	$(BIN)/pytest -q
 
 # The tier without subprocess training, browser or multi-process runs (about 40 s).
@@ -52,6 +59,11 @@ demo-ner: setup
 
 clean:
 	rm -rf $(VENV) runs
+
+# Keeping the model current on WNUT-16: a champion on half the tweets, the other half arriving as corrections
+# through the service, export, retrain with replay, the promotion gate (figures printed; see the README).
+demo-lifecycle: setup
+	$(BIN)/python examples/keep_current_wnut16.py
 
 demo-classify: setup
 	run=$$($(BIN)/runassist train examples/classify-rotten-tomatoes.yaml --quiet) && \
