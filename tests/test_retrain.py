@@ -108,3 +108,37 @@ def test_extend_labels_keeps_the_champions_head_rows(champion, tiny_model):
     assert params["classifier.weight"].shape[0] == n + 2
     assert (params["classifier.weight"][:n] == old["classifier.weight"]).all()
     assert (params["classifier.bias"][:n] == old["classifier.bias"]).all()
+
+
+@pytest.mark.slow
+def test_a_killed_retrain_leaves_the_champion_and_the_registry_as_they_were(champion, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import REPO
+    from runassist.registry import Registry
+    from serve_fixtures import RUNASSIST
+
+    base, run, new = champion
+    reg = Registry(tmp_path / "registry")
+    reg.add("ner", run, alias="champion")
+    before_registry, before_run = reg.path.read_bytes(), _digest(run)
+    out = tmp_path / "runs"
+    proc = subprocess.Popen([RUNASSIST, "retrain", "registry:ner@champion", "--data", str(new), "--promote",
+                             f"output.dir={out}", "train.max_steps=4000", "train.eval_every=50", "train.threads=1"],
+                            cwd=REPO, env={**os.environ, "RUNASSIST_REGISTRY": str(reg.root)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        logged = list(out.glob("*/metrics.jsonl"))
+        if logged and logged[0].stat().st_size > 0:  # training is under way
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "retrain ended before it could be killed mid-training"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert reg.path.read_bytes() == before_registry
+    assert reg.champion("ner") == (1, run.resolve())
+    assert _digest(run) == before_run
