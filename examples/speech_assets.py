@@ -129,10 +129,47 @@ def build_tiny_audio_classifier(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
+                    "<|notimestamps|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>")
+
+
+def build_tiny_whisper(folder: Path, seed: int = 0) -> Path:
+    """An untrained tiny Whisper (one layer each side, 32 wide) with a byte-level tokenizer (no merges:
+    a token per byte) and Whisper's special tokens, saved with its WhisperProcessor."""
+    import torch
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
+                              WhisperProcessor, WhisperTokenizer)
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {c: i for i, c in enumerate([*bytes_to_unicode().values(), *WHISPER_SPECIALS])}
+    end = WHISPER_SPECIALS[0]
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=[], unk_token=end, bos_token=end, eos_token=end, pad_token=end,
+                                 language="en", task="transcribe", predict_timestamps=False,
+                                 extra_special_tokens=list(WHISPER_SPECIALS[1:]))
+    ids = {s: vocab[s] for s in WHISPER_SPECIALS}
+    torch.manual_seed(seed)
+    config = WhisperConfig(vocab_size=len(vocab), d_model=32, encoder_layers=1, decoder_layers=1,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                           num_mel_bins=80, max_source_positions=1500, max_target_positions=64, dropout=0.0,
+                           pad_token_id=ids[end], bos_token_id=ids[end], eos_token_id=ids[end],
+                           decoder_start_token_id=ids["<|startoftranscript|>"], suppress_tokens=[],
+                           begin_suppress_tokens=[])
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids[end], pad_token_id=ids[end],
+        no_timestamps_token_id=ids["<|notimestamps|>"], lang_to_id={"<|en|>": ids["<|en|>"]},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}, is_multilingual=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
 def main(out: str) -> None:
     root = Path(out)
     build_tiny_ctc(root / "models" / "ctc")
     build_tiny_audio_classifier(root / "models" / "audio")
+    build_tiny_whisper(root / "models" / "whisper")
     if have_espeak():
         rows = spoken_words(root / "espeak" / "commands", COMMANDS)
         for split, voices in (("train", VOICES[:3]), ("test", VOICES[3:])):
