@@ -75,11 +75,12 @@ def probe(data: bytes, name: str) -> tuple[int, int, int]:
     return int(info.samplerate), int(info.channels), int(info.frames)
 
 
-def example_from_bytes(data: bytes, name: str, **fields: Any) -> AudioExample:
-    """An example of a file's bytes (a path read from disk, or an upload); AudioError when unreadable."""
-    rate, channels, frames = probe(data, name)
+def example_from_bytes(content: bytes, name: str, *, keep: bool = False, **fields: Any) -> AudioExample:
+    """An example of a file's bytes (a path read from disk, or an upload: ``keep`` holds the bytes in
+    the example, as there is no file to read them again from); AudioError when unreadable."""
+    rate, channels, frames = probe(content, name)
     return AudioExample(path=name, rate=rate, channels=channels, frames=frames,
-                        digest=hashlib.sha1(data).hexdigest(), **fields)
+                        digest=hashlib.sha1(content).hexdigest(), data=content if keep else None, **fields)
 
 
 def example_from_path(path: str | Path, **fields: Any) -> AudioExample:

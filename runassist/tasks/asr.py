@@ -45,7 +45,7 @@ from runassist.data.audio import AudioExample
 from runassist.data.checks import CheckReport, SplitStats
 from runassist.errors import RunassistError
 from runassist.tasks.audio import _extract, pad_audio
-from runassist.tasks.audio_inputs import AudioInputs, AudioSection, feature_rate
+from runassist.tasks.audio_inputs import AudioInputs, AudioSection, feature_rate, where
 from runassist.tasks.base import IGNORE_INDEX, Capabilities, Feature, TaskState
 from runassist.tasks.default import BaseTask
 from runassist.tasks.generation import GenerationSettings
@@ -378,7 +378,7 @@ class AsrTask(AudioInputs, BaseTask):
         tight = [ex for ex in examples if ex.text is not None and ex.seconds <= self._limit()
                  and self.frames(int(ex.seconds * rate)) < len(self.prepare(ex.text, processor).replace(" ", delimiter))]
         if tight:
-            report.warnings.append(f"{tight[0].source}: {len(tight)} of {len(examples)} transcripts in {name} have more "
+            report.warnings.append(f"{where(tight[0])}: {len(tight)} of {len(examples)} transcripts in {name} have more "
                                    "characters than the model has frames for their clip; CTC cannot align them and "
                                    "they add nothing to training")
 

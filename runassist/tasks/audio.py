@@ -26,7 +26,7 @@ import torch
 
 from runassist.data.audio import AudioExample
 from runassist.data.checks import CheckReport, SplitStats
-from runassist.tasks.audio_inputs import AudioInputs, AudioSection, feature_rate
+from runassist.tasks.audio_inputs import AudioInputs, AudioSection, feature_rate, where
 from runassist.tasks.base import Capabilities, Feature, TaskState
 from runassist.tasks.classify import ClassifyTask
 from runassist.tasks.default import BaseTask
@@ -119,7 +119,7 @@ class AudioTask(AudioInputs, ClassifyTask):
         rate = feature_rate(extractor)
         off = [ex for ex in examples if ex.rate != rate]
         if off and name == "train":
-            report.warnings.append(f"{off[0].source}: {len(off)} of {len(examples)} clips in {name} are at "
+            report.warnings.append(f"{where(off[0])}: {len(off)} of {len(examples)} clips in {name} are at "
                                    f"{off[0].rate} Hz, not the model's {rate} Hz; they are resampled")
 
     # -- agent tools and the page -------------------------------------------------

@@ -76,7 +76,7 @@ class AudioInputs:
 
     def media_example(self, data: bytes, name: str) -> AudioExample:
         try:
-            return self._checked(example_from_bytes(data, name, data=data, source=name))
+            return self._checked(example_from_bytes(data, name, keep=True, source=name))
         except AudioError as exc:
             raise ValueError(str(exc)) from None
 
@@ -124,7 +124,7 @@ class AudioInputs:
             wave = (0.3 * np.sin(2 * np.pi * hz * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
             buffer = io.BytesIO()
             sf.write(buffer, wave, 16000, format="WAV", subtype="PCM_16")
-            probes.append(example_from_bytes(buffer.getvalue(), f"probe-{seconds}s.wav", data=buffer.getvalue()))
+            probes.append(example_from_bytes(buffer.getvalue(), f"probe-{seconds}s.wav", keep=True))
         return probes
 
     # -- check-data ---------------------------------------------------------------------------------
@@ -145,12 +145,12 @@ class AudioInputs:
         for name, examples in read.items():
             mixed = [ex for ex in examples if ex.channels > 1]
             if mixed:
-                report.warnings.append(f"{mixed[0].source}: {len(mixed)} of {len(examples)} clips in {name} have "
+                report.warnings.append(f"{where(mixed[0])}: {len(mixed)} of {len(examples)} clips in {name} have "
                                        f"{mixed[0].channels} or more channels; they are averaged to mono "
                                        "(task.multichannel: mix)")
             long = [ex for ex in examples if ex.seconds > limit]
             if long:
-                report.warnings.append(f"{long[0].source}: {len(long)} of {len(examples)} clips in {name} are longer "
+                report.warnings.append(f"{where(long[0])}: {len(long)} of {len(examples)} clips in {name} are longer "
                                        f"than task.max_seconds={limit:g} ({long[0].seconds:.1f} s); {long_fate}")
             rates = sorted({ex.rate for ex in examples})
             if len(rates) > 1:
@@ -171,3 +171,10 @@ def feature_rate(processor: Any) -> int:
         raise RunassistError("model.source: the feature extractor does not say its sampling_rate "
                              "(preprocessor_config.json)")
     return rate
+
+
+def where(example: AudioExample) -> str:
+    """Where a clip came from, for messages: the manifest line and the file, or the file."""
+    if example.source and example.source != example.path:
+        return f"{example.source} ({example.path})"
+    return example.path
