@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
-DIGITS = "zero one two three four five six seven eight nine".split()
-COMMANDS = "yes no up down left right stop go".split()
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+COMMANDS = ["yes", "no", "up", "down", "left", "right", "stop", "go"]
 VOICES = ("en+m3", "en+f2", "en-us+m1", "en+f4")
 SPEEDS = (130, 160, 190)
 CHARS = "abcdefghijklmnopqrstuvwxyz'"
@@ -137,8 +137,14 @@ def build_tiny_whisper(folder: Path, seed: int = 0) -> Path:
     """An untrained tiny Whisper (one layer each side, 32 wide) with a byte-level tokenizer (no merges:
     a token per byte) and Whisper's special tokens, saved with its WhisperProcessor."""
     import torch
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
-                              WhisperProcessor, WhisperTokenizer)
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
 
-import speech_assets as sa  # noqa: E402
+import speech_assets as sa
 
 needs_espeak = pytest.mark.skipif(not sa.have_espeak(), reason="espeak-ng is not installed (`make speech` installs it)")
 needs_pocketsphinx = pytest.mark.skipif(not sa.have_pocketsphinx(),
@@ -35,22 +35,22 @@ def root() -> Path:
     return folder
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_ctc() -> Path:
     return sa.build_tiny_ctc(root() / "models" / "ctc")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_audio_classifier() -> Path:
     return sa.build_tiny_audio_classifier(root() / "models" / "audio")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_whisper() -> Path:
     return sa.build_tiny_whisper(root() / "models" / "whisper")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ten_digits() -> Path:
     """The ten digits, one utterance each (two voices, alternating): ``digits/train.csv`` (path,text)."""
     folder = root() / "digits"
@@ -62,7 +62,7 @@ def ten_digits() -> Path:
     return sa.write_manifest(folder / "train.csv", rows)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def commands() -> Path:
     """Two command words in three voices: ``train/<word>/`` at two speeds, ``test/<word>/`` at a third (a
     tiny model trained from scratch tells two words apart at an unseen speed in a few seconds; four words

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from speech_helpers import needs_espeak, needs_pocketsphinx, tiny_ctc, tone, wav_bytes
+
 from runassist.errors import DataError, MediaTooLarge
 
 

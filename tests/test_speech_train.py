@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from speech_helpers import commands, needs_espeak, ten_digits, tiny_audio_classifier, tiny_ctc, tiny_whisper
+
 from runassist.errors import RunassistError
 
 

@@ -18,7 +18,8 @@ normalisation counts each hypothesis word (character) as an insertion and adds n
 from __future__ import annotations
 
 import unicodedata
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -32,9 +32,10 @@ Scores: ``wer`` (the headline; lower is better), ``cer``, ``exact``, after the n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch

@@ -19,7 +19,8 @@ accuracy (the headline), macro-F1, the per-class table and confusion matrix, the
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
