@@ -24,7 +24,7 @@ from pathlib import Path
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 COMMANDS = ["yes", "no", "up", "down", "left", "right", "stop", "go"]
-VOICES = ("en+m3", "en+f2", "en-us+m1", "en+f4")
+VOICES = ("en+m3", "en+f2", "en-us+m1")
 SPEEDS = (130, 160, 190)
 CHARS = "abcdefghijklmnopqrstuvwxyz'"
 
@@ -177,12 +177,12 @@ def main(out: str) -> None:
     build_tiny_audio_classifier(root / "models" / "audio")
     build_tiny_whisper(root / "models" / "whisper")
     if have_espeak():
-        rows = spoken_words(root / "espeak" / "commands", COMMANDS)
-        for split, voices in (("train", VOICES[:3]), ("test", VOICES[3:])):
-            keep = [r for r in rows if any(v.replace("+", "_") in r["path"] for v in voices)]
-            write_manifest(root / "espeak" / "commands" / f"{split}.csv", keep, ("path", "label"))
-        digits = spoken_words(root / "espeak" / "digits", DIGITS)
-        write_manifest(root / "espeak" / "digits" / "all.csv", digits)
+        # Held out: every clip said at 160 words a minute (dev, test); trained on the other speeds.
+        for name, words in (("commands", COMMANDS), ("digits", DIGITS)):
+            rows = spoken_words(root / "espeak" / name, words)
+            columns = ("path", "label") if name == "commands" else ("path", "text")
+            write_manifest(root / "espeak" / name / "train.csv", [r for r in rows if "-160" not in r["path"]], columns)
+            write_manifest(root / "espeak" / name / "test.csv", [r for r in rows if "-160" in r["path"]], columns)
     else:
         print("espeak-ng is not installed (make speech): no synthetic speech", file=sys.stderr)
     if have_pocketsphinx():
