@@ -28,7 +28,7 @@ def test_a_whisper_run_trains_and_writes_text(tmp_path):
 
     manifest = ten_digits()
     result = _train(tmp_path, "asr", tiny_whisper(), manifest, "train.max_steps=2", "train.batch_size=5",
-                    "train.lr=1e-3", "task.generation.max_new_tokens=6")
+                    "train.lr=1e-3", "task.generation.max_new_tokens=6", "task.language=en")
     summary = result.summary
     assert summary["status"] == "finished" and summary["steps"] == 2 and summary["extras"]["architecture"] == "whisper"
     assert summary["best"]["metric"] == "wer" and 0.0 <= summary["dev"]["cer"]
@@ -98,3 +98,26 @@ def test_the_asr_report_shows_the_worst_utterances(tmp_path):
     assert "2 utterances have errors" in html  # a.wav is right once normalised; d.wav was skipped
     assert html.index("b.wav") < html.index("c.wav")  # worst first: 2/3 before 1/2
     assert "tan of cubs" in html and "a.wav" not in html and "d.wav" not in html
+
+
+def test_whisper_targets_begin_as_its_transcribing_does(tmp_path):
+    from speech_helpers import tone, wav_bytes
+
+    from runassist.errors import ConfigError
+    from runassist.tasks import load_config, make_task
+    from runassist.tasks.base import TaskState
+
+    (tmp_path / "a.wav").write_bytes(wav_bytes(tone(0.5, 16000), 16000))
+    (tmp_path / "train.csv").write_text("path,text\na.wav,Seven\n", encoding="utf-8")
+    model = tiny_whisper()
+    with pytest.raises(ConfigError, match="multilingual Whisper model needs the language"):
+        make_task(load_config(None, ["task=asr"])).load_processor(str(model))
+    task = make_task(load_config(None, ["task=asr", "task.language=en"]))
+    processor = task.load_processor(str(model))
+    [example] = task.read(str(tmp_path / "train.csv"))
+    [feature] = task.encode([example], processor, TaskState(labels=None))
+    tokens = processor.tokenizer.convert_ids_to_tokens(feature.target)
+    # <|startoftranscript|> is the decoder's start token (shifted in by forward), so not a target.
+    assert tokens[:3] == ["<|en|>", "<|transcribe|>", "<|notimestamps|>"] and tokens[-1] == "<|endoftext|>"
+    assert processor.tokenizer.decode(feature.target, skip_special_tokens=True) == "Seven"
+    assert feature.inputs["input_features"].shape == (80, 3000)  # Whisper's 30 s window of log-mel frames

@@ -44,7 +44,7 @@ from pydantic import Field
 
 from runassist.data.audio import AudioExample
 from runassist.data.checks import CheckReport, SplitStats
-from runassist.errors import RunassistError
+from runassist.errors import ConfigError, RunassistError
 from runassist.tasks.audio import _extract, pad_audio
 from runassist.tasks.audio_inputs import AudioInputs, AudioSection, feature_rate, where
 from runassist.tasks.base import IGNORE_INDEX, Capabilities, Feature, TaskState
@@ -63,6 +63,9 @@ class AsrSection(AudioSection):
     generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=128),
                                            description="Whisper models: how transcripts are written (beams, length); "
                                                        "saved with the run")
+    language: str | None = Field(None, description="Whisper models: the language spoken (en, de, zh, ...), written into "
+                                                   "the targets and forced when transcribing; required for a "
+                                                   "multilingual Whisper, empty for an English-only one (*.en)")
     eval_max_examples: int | None = Field(None, ge=1, description="dev clips transcribed at each evaluation during "
                                                                   "training; empty: all. Test is always scored whole")
 
@@ -145,7 +148,16 @@ class AsrTask(AudioInputs, BaseTask):
         return min(limit, WHISPER_SECONDS) if self._kind == WHISPER else limit
 
     def initial_extras(self, examples: Sequence[AudioExample]) -> dict[str, Any]:
-        return {"architecture": self._require_kind()}
+        """The kind of model, and a digest of the tokenizer's vocabulary: targets are its ids, and the
+        feature cache's key reads these (a processor's JSON settings do not hold its vocabulary)."""
+        import hashlib
+        import json
+
+        extras: dict[str, Any] = {"architecture": self._require_kind()}
+        if self._processor is not None:
+            vocab = json.dumps(sorted(self._processor.tokenizer.get_vocab().items()), ensure_ascii=False)
+            extras["vocabulary"] = hashlib.sha1(vocab.encode("utf-8")).hexdigest()[:16]
+        return extras
 
     # -- model kind -----------------------------------------------------------
     def check_source(self, source: str) -> None:
@@ -177,8 +189,29 @@ class AsrTask(AudioInputs, BaseTask):
         if getattr(processor, "tokenizer", None) is None or getattr(processor, "feature_extractor", None) is None:
             raise RunassistError(f"model.source: '{source}' has no tokenizer beside its feature extractor; a CTC model "
                                  "needs its character vocabulary (vocab.json, Wav2Vec2CTCTokenizer) to write text")
+        if self._kind == WHISPER:
+            self._whisper_language(source, processor)
         self._processor = processor
         return processor
+
+    def _whisper_language(self, source: str, processor: Any) -> None:
+        """Targets begin as generate() will begin: <|startoftranscript|> <|lang|> <|transcribe|> <|notimestamps|>
+        for a multilingual model, which therefore needs task.language (else it would detect a language at
+        prediction that its targets never held); <|startoftranscript|> <|notimestamps|> for an English-only one."""
+        from transformers import GenerationConfig
+
+        try:
+            multilingual = bool(getattr(GenerationConfig.from_pretrained(source), "is_multilingual", False))
+        except OSError:
+            multilingual = False
+        language = self.task_cfg.language
+        if multilingual and not language:
+            raise ConfigError("task.language: a multilingual Whisper model needs the language of the speech "
+                              "(en, de, zh, ...), which its targets and its transcribing begin with")
+        if language:
+            if not multilingual:
+                raise ConfigError(f"task.language: {language!r} but this Whisper model is English-only; leave it empty")
+            processor.tokenizer.set_prefix_tokens(language=language, task="transcribe", predict_timestamps=False)
 
     # -- transcripts as targets -------------------------------------------------
     def _vocab(self, processor: Any) -> set[str]:
@@ -263,7 +296,8 @@ class AsrTask(AudioInputs, BaseTask):
             model = load_model(WhisperForConditionalGeneration, source, None, dropout=dropout)
             if processor is not None:
                 model.generation_config = _whisper_generation(generation_config(self.task_cfg.generation,
-                                                                                processor, model), model)
+                                                                                processor, model), model,
+                                                               self.task_cfg.language)
             return model
         from transformers import AutoModelForCTC
 
@@ -305,7 +339,8 @@ class AsrTask(AudioInputs, BaseTask):
         if self._require_kind() == WHISPER:
             from runassist.tasks.generation import generation_config
 
-            config = _whisper_generation(generation_config(self.task_cfg.generation, processor, model), model)
+            config = _whisper_generation(generation_config(self.task_cfg.generation, processor, model), model,
+                                         self.task_cfg.language)
             out = model.generate(input_features=batch["input_features"], generation_config=config)
             return [processor.tokenizer.decode(row, skip_special_tokens=True).strip() for row in out.tolist()]
         logits = self.forward(model, {k: v for k, v in batch.items() if k != "labels"}).logits
@@ -419,7 +454,7 @@ class AsrTask(AudioInputs, BaseTask):
         return f"speech to text ({self._kind})" if self._kind else "speech to text"
 
 
-def _whisper_generation(config: Any, model: Any) -> Any:
+def _whisper_generation(config: Any, model: Any, language: str | None) -> Any:
     """Whisper's own generation settings that make it write plain transcripts (no timestamps), kept
     beside the run's lengths and beams."""
     own = getattr(model, "generation_config", None)
@@ -428,4 +463,7 @@ def _whisper_generation(config: Any, model: Any) -> Any:
         value = getattr(own, key, None)
         if value is not None:
             setattr(config, key, value)
+    if language:
+        config.language, config.task = language, "transcribe"
+    config.return_timestamps = False
     return config
