@@ -44,3 +44,20 @@ def test_an_empty_reference_counts_insertions_only():
     np.testing.assert_array_equal(counts, [[2, 0], [0, 2]])
     assert score_transcripts(["...", "a b"], ["x y", "a b"])["wer"] == pytest.approx(1.0)  # 2 errors / 2 words
     assert score_transcripts(["..."], [""])["wer"] == 0.0
+
+
+def test_asr_compare_bootstraps_wer_over_utterances():
+    from runassist.data.audio import AudioExample
+    from runassist.tasks import load_config, make_task
+    from runassist.tasks.asr import Transcript
+
+    task = make_task(load_config(None, ["task=asr"]))
+    refs = ["seven of hearts", "ten of clubs", "five five", "queen of spades", "two of diamonds", "ace of clubs"]
+    examples = [AudioExample(path=f"{i}.wav", text=r) for i, r in enumerate(refs)]
+    worse = [Transcript(r.replace("of", "off")) for r in refs[:5]] + [Transcript("", skipped=True)]
+    better = [Transcript(r) for r in refs]
+    notes: list[str] = []
+    out = task.compare(examples, worse, better, labels=None, n=200, seed=0, notes=notes)
+    wer = out["overall"]["wer"]
+    assert out["headline"] == "wer" and wer["a"] == pytest.approx(4 / 14) and wer["b"] == 0.0
+    assert out["scores"]["a"]["skipped"] == 1 and "1 utterances one run skipped" in notes[0]

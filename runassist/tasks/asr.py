@@ -432,8 +432,12 @@ class AsrTask(AudioInputs, BaseTask):
         from runassist.metrics.speech import corpus_rate_fn, item_counts
         from runassist.metrics.tables import numeric_scores, share_equal
 
-        golds = [ex.text or "" for ex in examples]
-        texts_a, texts_b = [p.text for p in out_a], [p.text for p in out_b]
+        both = [i for i, (a, b) in enumerate(zip(out_a, out_b)) if not (a.skipped or b.skipped)]
+        if len(both) < len(examples):
+            notes.append(f"{len(examples) - len(both)} utterances one run skipped (over its task.max_seconds) are left "
+                         "out of the comparison")
+        golds = [examples[i].text or "" for i in both]
+        texts_a, texts_b = [out_a[i].text for i in both], [out_b[i].text for i in both]
         overall = {}
         for metric, unit in (("wer", "word"), ("cer", "char")):
             overall[metric] = paired_bootstrap_counts(item_counts(golds, texts_a, unit=unit),
