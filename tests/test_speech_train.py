@@ -4,6 +4,7 @@ capabilities claim it (with its parity check), and the ASR report's worst uttera
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from speech_helpers import commands, needs_espeak, ten_digits, tiny_audio_classifier, tiny_ctc, tiny_whisper
@@ -60,8 +61,11 @@ def test_a_ctc_model_exports_to_onnx_with_the_same_transcripts(tmp_path):
     assert out["passed"] and out["agreement"] == 1.0, out
     paths = [str(manifest.parent / f"{w}.wav") for w in ("one", "seven", "three")]
     torch_rows = Predictor.from_run(result.run, precision="fp32").predict(paths)
-    onnx_rows = Predictor.from_run(result.run, backend="onnx").predict(paths)
-    assert onnx_rows == torch_rows
+    onnx = Predictor.from_run(result.run, backend="onnx")
+    assert onnx.predict(paths) == torch_rows
+    # A file's bytes (an upload, base64) reach the task through media_example and transcribe the same.
+    uploads = [onnx.task.media_example(Path(p).read_bytes(), Path(p).name) for p in paths]
+    assert [t.text for t in onnx.predict_examples(uploads)] == [r["text"] for r in torch_rows]
 
 
 @pytest.mark.slow
