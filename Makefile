@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser postgres test test-fast demo demo-ner demo-classify demo-qa demo-lifecycle clean
+.PHONY: setup browser postgres speech test test-fast demo demo-ner demo-classify demo-qa demo-asr demo-lifecycle clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,14 @@ postgres:
 	  { (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null) \
 	  || echo "postgresql could not be installed: the PostgreSQL tests will be skipped"; }
 
-test: setup browser postgres
+# The speech tests and examples speak with Debian's espeak-ng and read the recordings of
+# pocketsphinx-testdata. Best effort, like the browser: without them those tests skip and say why.
+speech:
+	@{ command -v espeak-ng >/dev/null 2>&1 && test -d /usr/share/pocketsphinx/test/data; } || \
+	  { (apt-get update -qq && apt-get install -y -qq espeak-ng pocketsphinx-testdata >/dev/null) \
+	  || echo "espeak-ng / pocketsphinx-testdata could not be installed: the speech tests will be skipped"; }
+
+test: setup browser postgres speech
 	$(BIN)/pytest -q
 
 # The tier without subprocess training, browser or multi-process runs (about 40 s).
@@ -58,7 +65,15 @@ demo-ner: setup
 	echo "run folder: $$run (predictions: $$run/demo-predictions.jsonl, test: $$run/eval/test.conll)"
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs speech-assets
+
+# Speech recognition on this machine: a tiny wav2vec2 CTC model (built from a config: no speech model
+# ships in a package) trained on espeak-ng digits and scored on them; see examples/asr-espeak-digits.yaml.
+demo-asr: setup speech
+	$(BIN)/python examples/speech_assets.py speech-assets
+	$(BIN)/runassist check-data examples/asr-espeak-digits.yaml
+	run=$$($(BIN)/runassist train examples/asr-espeak-digits.yaml --quiet) && \
+	ls speech-assets/espeak/digits/seven/*.wav | head -3 | $(BIN)/runassist predict $$run - && echo "run folder: $$run"
 
 # Keeping the model current on WNUT-16: a champion on half the tweets, the other half arriving as corrections
 # through the service, export, retrain with replay, the promotion gate (figures printed; see the README).

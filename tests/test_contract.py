@@ -240,8 +240,35 @@ def _seq2seq_data(tmp: Path) -> tuple[list[str], list, str]:
 
 
 
+def _audio_data(tmp: Path) -> tuple[list[str], list, str]:
+    """Two command words said by three espeak-ng voices: trained at two speeds, scored at a third."""
+    from speech_helpers import commands, needs_espeak, tiny_audio_classifier
+
+    if needs_espeak.args[0]:
+        pytest.skip(needs_espeak.kwargs["reason"])
+    folder = commands()
+    inputs = [str(folder / "test" / word / "en_m3-160.wav") for word in ("yes", "stop")]
+    return [f"data.train={folder / 'train'}", f"data.dev={folder / 'test'}", f"data.test={folder / 'test'}",
+            f"model.source={tiny_audio_classifier()}", "train.lr=3e-3", "train.epochs=40",
+            "train.early_stopping=null"], inputs, "accuracy"
+
+
+def _asr_data(tmp: Path) -> tuple[list[str], list, str]:
+    """Ten espeak-ng utterances (the digits) that a tiny CTC model, trained from scratch, overfits."""
+    from speech_helpers import needs_espeak, ten_digits, tiny_ctc
+
+    if needs_espeak.args[0]:
+        pytest.skip(needs_espeak.kwargs["reason"])
+    manifest = ten_digits()
+    inputs = [str(manifest.parent / f"{word}.wav") for word in ("seven", "two")]
+    return [f"data.train={manifest}", f"data.dev={manifest}", f"data.test={manifest}", f"model.source={tiny_ctc()}",
+            "task.freeze_feature_encoder=false", "train.batch_size=10", "train.lr=3e-3", "train.epochs=200",
+            "train.eval_every=100", "train.scheduler=constant", "train.early_stopping=null"], inputs, "wer"
+
+
 DATA = {"ner": _ner_data, "classify": _classify_data, "qa": _qa_data, "relations": _relations_data,
-        "chat": _chat_data, "seq2seq": _seq2seq_data, "text-score": _score_data}
+        "chat": _chat_data, "seq2seq": _seq2seq_data, "text-score": _score_data,
+        "audio": _audio_data, "asr": _asr_data}
 
 
 def test_every_task_has_contract_data():
@@ -266,6 +293,10 @@ def _check_answers(task: str, rows: list[dict]) -> None:
         assert rows == [{"reply": "hi how are you"}, {"reply": "see you later"}]
     elif task == "seq2seq":
         assert rows == [{"output": "mary smith"}, {"output": "london"}]
+    elif task == "audio":
+        assert [r["label"] for r in rows] == ["yes", "stop"], rows
+    elif task == "asr":
+        assert [r["text"] for r in rows] == ["seven", "two"], rows
     else:  # learned the sign of the words: positive text above zero, negative below
         assert rows[0]["score"] > 0.3 and rows[1]["score"] < -0.3, rows
 
@@ -298,6 +329,8 @@ def test_train_save_load_predict_serve_score(task, plugin, tiny_model, tmp_path)
         assert summary["test"]["f1"] >= 0.75 and "null_threshold" in summary["extras"], summary
     elif task == "chat":
         assert summary["test"]["perplexity"] < 2.0 < summary["dev_before_training"]["perplexity"], summary
+    elif task == "asr":  # the ten utterances are learnt: CER below 0.1
+        assert summary["test"]["cer"] < 0.1 and summary["test"]["wer"] <= 0.2, summary["test"]
     else:
         assert summary["test"][headline] >= 0.75, summary["test"]  # the tiny model learns the word lists
     assert (run / "report.html").is_file()

@@ -19,6 +19,8 @@ from typing import Any
 from runassist import config
 from runassist.config import Config, TaskSection
 from runassist.errors import ConfigError, RunassistError
+from runassist.tasks.asr import AsrTask
+from runassist.tasks.audio import AudioTask
 from runassist.tasks.base import Task
 from runassist.tasks.chat import ChatTask
 from runassist.tasks.classify import ClassifyTask
@@ -28,7 +30,7 @@ from runassist.tasks.relations import RelationsTask
 from runassist.tasks.seq2seq import Seq2SeqTask
 
 TASKS: dict[str, type] = {"ner": NerTask, "classify": ClassifyTask, "qa": QATask, "relations": RelationsTask,
-                         "chat": ChatTask, "seq2seq": Seq2SeqTask}
+                         "chat": ChatTask, "seq2seq": Seq2SeqTask, "audio": AudioTask, "asr": AsrTask}
 ENTRY_POINTS = "runassist.tasks"
 
 

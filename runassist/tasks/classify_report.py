@@ -56,7 +56,7 @@ def errors_section(scores: dict[str, Any] | None, predictions: Path | None, imag
         return "".join(parts)
     rows = []
     for r in wrong[:CONFIDENT_MISTAKES]:
-        text = str(r.get("text", ""))
+        text = str(r.get("text", r.get("file", "")))  # a media task's rows name their file instead
         if r.get("text_pair") is not None:
             text += " ‖ " + str(r["text_pair"])
         if len(text) > 300:
