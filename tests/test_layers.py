@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("runassist.train",),
     ("runassist.onnx_runtime", "runassist.predict"),
     ("runassist.evaluate", "runassist.export", "runassist.compare", "runassist.report", "runassist.agent",
-     "runassist.init_config", "runassist.mcp_stdio", "runassist.chat_session"),
+     "runassist.init_config", "runassist.mcp_stdio", "runassist.chat_session", "runassist.search"),
     ("runassist.serve",),
     ("runassist.cli", "runassist.__main__"),
 ]

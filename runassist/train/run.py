@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -18,11 +18,12 @@ from runassist.inference import predict_examples, write_eval
 from runassist.tasks import make_task
 from runassist.tasks.base import TaskState
 from runassist.train import checkpoint
-from runassist.train.callbacks import (BestModel, Checkpoint, EarlyStopping, MetricsLog, Progress, TrainContext,
-                                       save_model_dir)
+from runassist.train.callbacks import (BestModel, Callback, Checkpoint, EarlyStopping, MetricsLog, Progress,
+                                       TrainContext, save_model_dir)
 from runassist.train.engine import Engine
 from runassist.train.loop import Position, StepInfo, plan, train_steps
 from runassist.train.setup import apply_freeze, apply_lora, build_optimizer, build_scheduler, class_weights
+from runassist.train.trackers import trackers
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,10 @@ def read_splits(task: Any, cfg: Config) -> Splits:
     return Splits(train, task.dev_examples(dev) if dev is not None else None, test)
 
 
-def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> RunResult:
+def train(cfg: Config, *, resume: Path | None = None, progress: bool = True, callbacks: Sequence[Callback] = (),
+          parent_run: str | None = None) -> RunResult:
+    """``callbacks``: more callbacks after the run's own (a search trial's pruning); ``parent_run``: the
+    MLflow run this run's MLflow run is a child of (a search study's)."""
     from runassist import env
     from runassist.assets import resolve_model
 
@@ -146,9 +150,11 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
             _truncate_metrics(run, start.step, evaluated=pending_eval is None)
 
     bar = Progress(enabled=progress)
+    extra = list(callbacks)
     callbacks = [MetricsLog(tc.log_every), EarlyStopping(patience=es.patience if es else None,
                                                          min_delta=es.min_delta if es else 0.0),
-                 BestModel(), Checkpoint(tc.checkpoint_every), bar]
+                 BestModel(), Checkpoint(tc.checkpoint_every), bar,
+                 *trackers(cfg.output, every=tc.log_every, parent_run=parent_run), *extra]
     eval_every = tc.eval_every
     loss_fn = lambda outputs, batch: task.loss(outputs, batch, weights)  # noqa: E731
     collate = lambda fs: task.collate(fs, processor)  # noqa: E731
@@ -167,6 +173,8 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
             runs.append_metrics(run, {"kind": "before_training", "split": "dev", "step": 0, **ctx.dev_before})
 
     bar.start(ctx, start.step)
+    for cb in callbacks:
+        cb.on_start(ctx, resumed=resume is not None)
     info = None
     stopped = ctx.stop_reason or "completed"
     try:
@@ -202,11 +210,14 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
         bar.stop()
         if info is not None:
             Checkpoint.save(ctx, info.position, pending=ctx.in_eval)
-        _write_summary(ctx, cfg, status="interrupted", stopped="interrupted (Ctrl-C); resume with --resume",
-                       frozen=frozen, n_train=len(splits.train))
+        summary = _write_summary(ctx, cfg, status="interrupted", stopped="interrupted (Ctrl-C); resume with --resume",
+                                 frozen=frozen, n_train=len(splits.train))
+        _ended(callbacks, ctx, summary, "interrupted")
         raise
-    except RuntimeError as exc:
-        if "out of memory" in str(exc).lower() or "can't allocate" in str(exc).lower():
+    except Exception as exc:
+        _ended(callbacks, ctx, {"error": f"{type(exc).__name__}: {exc}"}, "failed")
+        if isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
+                                              or "can't allocate" in str(exc).lower()):
             raise RunassistError(f"train.batch_size={tc.batch_size} does not fit in memory; try a smaller "
                                  f"batch with train.grad_accum to keep the effective size") from None
         raise
@@ -224,19 +235,30 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
             ctx.state.extras.clear()
             ctx.state.extras.update(ctx.best_extras)
     test_scores = None
-    if splits.test is not None:
-        predictions = predict_examples(task, ctx.bare, processor, splits.test, state,
-                                       autocast=engine.autocast())
-        test_scores = task.score(splits.test, predictions, state)
-        if engine.is_main:
-            write_eval(run, runs.split_name(cfg.data.test), task, splits.test, predictions, test_scores)
-    in_sync = engine.replicas_in_sync(model)
-    if in_sync is False:
-        raise RunassistError("processes ended with different weights; the run is not trustworthy")
-    summary = _write_summary(ctx, cfg, status="finished", stopped=stopped, frozen=frozen,
-                             n_train=len(splits.train), test=test_scores, replicas_in_sync=in_sync)
+    try:
+        if splits.test is not None:
+            predictions = predict_examples(task, ctx.bare, processor, splits.test, state,
+                                           autocast=engine.autocast())
+            test_scores = task.score(splits.test, predictions, state)
+            if engine.is_main:
+                write_eval(run, runs.split_name(cfg.data.test), task, splits.test, predictions, test_scores)
+        in_sync = engine.replicas_in_sync(model)
+        if in_sync is False:
+            raise RunassistError("processes ended with different weights; the run is not trustworthy")
+        summary = _write_summary(ctx, cfg, status="finished", stopped=stopped, frozen=frozen,
+                                 n_train=len(splits.train), test=test_scores, replicas_in_sync=in_sync)
+    except BaseException as exc:
+        _ended(callbacks, ctx, {"error": f"{type(exc).__name__}: {exc}"},
+               "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
+    _ended(callbacks, ctx, summary, "finished")
     engine.wait()
     return RunResult(run=run, summary=summary)
+
+
+def _ended(callbacks: list[Callback], ctx: TrainContext, summary: dict[str, Any], status: str) -> None:
+    for cb in callbacks:
+        cb.on_end(ctx, summary, status=status)
 
 
 def _create_run(cfg: Config, engine: Engine) -> Path:
