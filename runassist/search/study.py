@@ -145,9 +145,18 @@ def _parent_run(cfg: Config, handle: Any, name: str) -> str | None:
 def _spawn_worker(spec: StudySpec, index: int) -> Any:
     import multiprocessing
 
+    import dataclasses
+
+    # A fresh interpreter gets the spec by pickling: the caller's ``say`` may be a closure, so a worker
+    # prints its lines to stderr itself.
+    spec = dataclasses.replace(spec, say=_print_line)
     proc = multiprocessing.get_context("spawn").Process(target=_worker_main, args=(spec, index), daemon=False)
     proc.start()
     return proc
+
+
+def _print_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _worker_main(spec: StudySpec, index: int) -> None:
@@ -226,6 +235,11 @@ def run_one(spec: StudySpec, storage: Any, trial: Any, values: dict[str, Any]) -
     if spec.max_train is not None:
         items.append(f"data.max_train_examples={spec.max_train}")
     base = load_config(spec.folder / "base.yaml")
+    if "mlflow" in base.output.track and not base.output.tracking_uri:
+        from runassist.train.mlflow_tracking import tracking_uri
+
+        # the trials' runs go into the study's store, beside the study's own run, not one under the study folder
+        items.append(f"output.tracking_uri={tracking_uri(base.output)}")
     if base.train.early_stopping is None:  # track the objective without stopping on it
         items.append(f'train.early_stopping={{"metric": "{spec.metric}", "mode": "{spec.direction}", '
                      f'"patience": 1000000}}')
