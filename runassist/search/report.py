@@ -12,13 +12,14 @@ from runassist.htmlparts import e, img, missing, num, table
 from runassist.report import _CSS  # one stylesheet for every report runassist writes
 
 
-def write_study_report(folder: Path) -> Path:
+def write_study_report(folder: Path, *, storage: str | None = None) -> Path:
+    """``storage``: where the study is (study.json shows an RDB URL without its password)."""
     import optuna
 
     from runassist.search.storage import open_storage
 
     info = read_json(folder / "study.json")
-    handle = optuna.load_study(study_name=info["study"], storage=open_storage(info["storage"]))
+    handle = optuna.load_study(study_name=info["study"], storage=open_storage(storage or info["storage"]))
     trials = handle.get_trials(deepcopy=False)
     maximize = info["direction"] == "max"
     importances = _importances(handle)

@@ -25,3 +25,12 @@ def open_storage(storage: str) -> Any:
     path.parent.mkdir(parents=True, exist_ok=True)
     # The open(O_EXCL) lock: it works on file systems without symlinks too.
     return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+
+def shown(storage: str) -> str:
+    """The storage as files and reports may show it: an RDB URL without its password."""
+    if not is_url(storage):
+        return storage
+    from sqlalchemy.engine import make_url
+
+    return make_url(storage).render_as_string(hide_password=True)

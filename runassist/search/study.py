@@ -35,7 +35,7 @@ from runassist.atomic import atomic_write, write_json
 from runassist.config import Config, SearchConfig, SearchParam, to_yaml
 from runassist.errors import ConfigError, RunassistError
 from runassist.search import space as search_space
-from runassist.search.storage import HEARTBEAT_S, is_url, open_storage
+from runassist.search.storage import HEARTBEAT_S, is_url, open_storage, shown
 from runassist.search.trial import PRUNED, die_with_parent
 from runassist.tasks import load_config, make_task
 
@@ -410,12 +410,12 @@ def finish(spec: StudySpec, cfg: Config) -> StudyResult:
                 "config": str(spec.folder / "best.yaml")}
     baseline = next((t for t in trials if t.user_attrs.get("baseline")), None)
     write_json(spec.folder / "study.json", {
-        "study": spec.name, "storage": spec.storage, "metric": spec.metric, "direction": spec.direction,
+        "study": spec.name, "storage": shown(spec.storage), "metric": spec.metric, "direction": spec.direction,
         "trials_wanted": spec.trials, "counted": sum(counted(t) for t in trials), "states": counts,
         "best": best, "baseline": {"trial": baseline.number, "value": baseline.value, "params": baseline.params}
         if baseline is not None else None,
         "budget_train_examples": spec.max_train})
-    write_study_report(spec.folder)
+    write_study_report(spec.folder, storage=spec.storage)
     if spec.parent_run:
         try:
             from runassist.train.mlflow_tracking import close_parent_run
