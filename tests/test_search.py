@@ -114,6 +114,13 @@ def test_a_seeded_study_repeats_its_trials_and_trial_0_is_the_config(tmp_path, n
     assert "Optimisation history" in report and "train.warmup_ratio" in report and "Parameter importance" in report
 
 
+def test_a_storage_url_is_shown_without_its_password():
+    from runassist.search.storage import shown
+
+    assert shown("postgresql+psycopg://me:s3cret@db.example/studies") == "postgresql+psycopg://me:***@db.example/studies"
+    assert shown("/tmp/x/journal.log") == "/tmp/x/journal.log"
+
+
 def test_a_trial_reporting_bad_values_is_pruned(tmp_path):
     from runassist.config import SearchConfig
     from runassist.search.storage import open_storage
@@ -242,7 +249,7 @@ def test_a_study_in_postgresql_resumes_from_another_command(ner_files, tiny_mode
 
     from runassist.search.study import search
 
-    tmp = Path(tempfile.mkdtemp(prefix="runassist-pg-", dir="/tmp"))
+    tmp = Path(tempfile.mkdtemp(prefix="runassist-search-pg-", dir="/tmp"))
     url, stop = _postgres(tmp)
     try:
         seen = _fake_trials(monkeypatch)
@@ -252,7 +259,8 @@ def test_a_study_in_postgresql_resumes_from_another_command(ner_files, tiny_mode
         handle = optuna.load_study(study_name="shared", storage=url)
         assert len(seen) == 5 and [t.state.name for t in handle.trials] == ["COMPLETE"] * 5
         assert handle.trials[0].params == {"train.lr": 5e-3, "train.batch_size": 8, "train.warmup_ratio": 0.1}
-        assert json.loads((tmp / "runs" / "shared" / "study.json").read_text())["storage"] == url
+        assert json.loads((tmp / "runs" / "shared" / "study.json").read_text())["storage"].startswith(
+            "postgresql+psycopg://runassist@")
     finally:
         subprocess.run(stop, capture_output=True, timeout=60)
         import shutil
