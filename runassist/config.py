@@ -67,6 +67,7 @@ class DataConfig(_Section):
     label_separator: str | None = None  # multi-label in CSV: labels joined by this string
     max_train_examples: int | None = Field(None, ge=1)  # use the first N training examples (quick experiments)
     max_eval_examples: int | None = Field(None, ge=1)  # and the first N of dev and of test
+    train_fraction: float | None = Field(None, gt=0, le=1)  # a seeded sample of training examples (search's --budget)
 
 
 class LoraConfig(_Section):

@@ -61,6 +61,8 @@ COMMENTS: dict[str, str] = {
     "train.gradient_checkpointing": "recompute activations during backward: much less memory, ~30% slower",
     "train.compile": "torch.compile the model: sometimes faster on GPU, slower to start",
     "train.threads": "CPU threads; empty picks the free cores (a busy core makes 2 threads much slower than 1)",
+    "data.train_fraction": "train on this fraction of the training examples (a seeded sample that keeps every "
+                           "label); `runassist search --budget` sets it",
     "output": "where the run folder goes",
     "output.dir": "parent folder of run folders",
     "output.name": "run folder name; empty for a timestamp plus the task",

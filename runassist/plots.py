@@ -197,6 +197,9 @@ def history_chart(points: Sequence[tuple[int, float, str]], *, metric: str, maxi
             xs.append(n)
             ys.append(best)
         ax.step(xs, ys, where="post", color="#d62728", linewidth=1.6, label="best so far")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"optimisation history: dev {plain(metric)}", fontsize=11)
     ax.set_xlabel("trial", fontsize=9)
     ax.set_ylabel(plain(metric), fontsize=9)
@@ -206,7 +209,7 @@ def history_chart(points: Sequence[tuple[int, float, str]], *, metric: str, maxi
 
 
 def importance_chart(importances: dict[str, float]) -> bytes | None:
-    """Horizontal bars: each searched parameter's share of the objective's variance (fANOVA)."""
+    """Horizontal bars: each searched parameter's importance for the objective (normalised to sum to 1)."""
     if not importances:
         return None
     names = list(importances)[::-1]

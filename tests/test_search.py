@@ -114,6 +114,22 @@ def test_a_seeded_study_repeats_its_trials_and_trial_0_is_the_config(tmp_path, n
     assert "Optimisation history" in report and "train.warmup_ratio" in report and "Parameter importance" in report
 
 
+def test_a_budget_sample_is_seeded_and_keeps_every_label():
+    from conftest import make_ner_sentences
+    from runassist.config import DataConfig, ModelConfig
+    from runassist.data.records import TokenExample
+    from runassist.tasks import task_class
+    from runassist.train.run import sample_covering
+
+    task = task_class("ner")(task_class("ner").Section(), DataConfig(), ModelConfig())
+    examples = [TokenExample(tokens=[w for w, _ in s], tags=[t for _, t in s]) for s in make_ner_sentences(200)]
+    examples.append(TokenExample(tokens=["rare"], tags=["B-RARE"]))  # one label in one example only
+    picked = sample_covering(task, examples, 0.1, seed=1)
+    assert 20 <= len(picked) <= 27 and picked == sample_covering(task, examples, 0.1, seed=1)
+    assert set(task.label_counts(picked)) == set(task.label_counts(examples))
+    assert picked != sample_covering(task, examples, 0.1, seed=2)
+
+
 def test_a_storage_url_is_shown_without_its_password():
     from runassist.search.storage import shown
 
@@ -169,13 +185,13 @@ def test_two_workers_real_trials_named_metric_best_run_and_mlflow_children(tmp_p
     for t in trials:  # each trial an ordinary run folder; its value is the named metric of its kept model
         run = folder / f"trial-{t.number:04d}"
         summary = json.loads((run / "summary.json").read_text())
-        assert summary["status"] == "finished" and summary["train_examples"] == 32  # --budget 0.5 of 64
+        assert summary["status"] == "finished" and 32 <= summary["train_examples"] < 64  # --budget 0.5 of 64
         assert summary["best"]["metric"] == "precision" and t.value == summary["dev"]["precision"]
     best = max(trials, key=lambda t: (t.value, -t.number))
     assert (folder / "best").resolve() == (folder / f"trial-{best.number:04d}").resolve()
     assert sorted(p.parent.name for p in folder.glob("trial-*/model")) == [f"trial-{best.number:04d}"]
     best_cfg = yaml.safe_load((folder / "best.yaml").read_text())
-    assert best_cfg["data"]["max_train_examples"] is None  # the full data, ready for `runassist train`
+    assert best_cfg["data"]["train_fraction"] is None  # the full data, ready for `runassist train`
     assert "trial" in (folder / "study.html").read_text()
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")

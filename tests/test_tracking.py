@@ -103,3 +103,20 @@ def test_a_killed_run_is_failed_and_resume_continues_the_same_mlflow_run(ner_fil
     steps = sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
     assert steps[-1] == result.summary["total_steps"] == 160 and steps[0] == 1
     assert int(resumed.data.tags["runassist.resumed_at_step"]) >= 4
+
+
+def test_a_run_that_raises_is_failed_in_mlflow(ner_files, tiny_model, tmp_path):
+    from runassist.train.callbacks import Callback
+
+    class Boom(Callback):
+        def on_eval(self, ctx, info, scores):
+            raise RuntimeError("disk on fire")
+
+    cfg = load_config(None, ner_overrides(ner_files, tiny_model, tmp_path / "runs", max_steps=2)
+                      + ["output.track=mlflow", "output.name=boom"])
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train(cfg, progress=False, callbacks=[Boom()])
+    client, run_id = _client(tmp_path / "runs" / "boom")
+    failed = client.get_run(run_id)
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["runassist.failure"] == "RuntimeError: disk on fire"

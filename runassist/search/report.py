@@ -42,11 +42,18 @@ def _last(trial: Any) -> float | None:
 
 
 def _importances(handle: Any) -> dict[str, float]:
-    """fANOVA importances (Optuna's default evaluator); they need two complete trials that differ."""
-    import optuna
+    """Importances by Optuna's default evaluator; they need complete trials whose values differ."""
+    import warnings
 
+    import optuna
+    from optuna.trial import TrialState
+
+    if len(handle.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 3:
+        return {}  # too few to say anything: the evaluator would call every parameter equal
     try:
-        return optuna.importance.get_param_importances(handle)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(handle)
     except (ValueError, RuntimeError):
         return {}
 
@@ -60,8 +67,7 @@ def _page(folder: Path, info: dict[str, Any], trials: list[Any], importances: di
              ("baseline (trial 0)", num(baseline.get("value")) if baseline else "–"),
              ("trials", f"{num(info['counted'])} <small>of {num(info['trials_wanted'])}</small>"),
              ("states", e(", ".join(f"{k} {v}" for k, v in sorted(info["states"].items())))),
-             ("budget", f"{num(info['budget_train_examples'])} train examples"
-              if info.get("budget_train_examples") else "full data")]
+             ("budget", f"{info['budget']:.0%} of the training data" if info.get("budget") else "full data")]
     header = (f"<header><h1>study {e(info['study'])}</h1>"
               f'<p class="sub">storage <code>{e(info["storage"])}</code>'
               + (f" · best: <code>{e(folder / 'best')}</code>, config <code>{e(folder / 'best.yaml')}</code>"
@@ -73,7 +79,7 @@ def _page(folder: Path, info: dict[str, Any], trials: list[Any], importances: di
     shown = "".join(c for c in charts if c)
     history = f'<section><h2>Optimisation history</h2><div class="grid3">{shown}</div>'
     if not images.get("importance.png"):
-        history += missing("No importances yet: they need at least two complete trials with different values.")
+        history += missing("No importances yet: they need at least three complete trials.")
     history += "</section>"
     names = sorted({k for t in trials for k in t.params})
     rows = []

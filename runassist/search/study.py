@@ -10,9 +10,10 @@ The study folder ``<output.dir>/<study>/`` holds::
     study.json         the figures; study.html: the report (trials, importances, history)
     logs/trial-NNNN.log  what each trial's process printed
 
-What counts towards ``--trials N``: trials that completed, were pruned, or failed on their own (a
-trial that fails is a result: its values do not work). A trial whose worker died (kill -9, a lost
-machine) does not count: it is marked FAILED and its values are tried again. Running the same
+What counts towards ``--trials N``: trials that completed or were pruned. A trial whose worker died
+(kill -9, a lost machine) is marked FAILED and its values are tried again; a trial that fails on its
+own (bad data, a batch that does not fit) is FAILED with its error, and a worker stops after
+``MAX_FAILURES`` failures in a row rather than burn the machine on a broken config. Running the same
 command again resumes the study until N trials count.
 """
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import math
 import os
 import shutil
 import socket
@@ -40,6 +40,7 @@ from runassist.search.trial import PRUNED, die_with_parent
 from runassist.tasks import load_config, make_task
 
 WORKER_DIED = "its worker process died"
+MAX_FAILURES = 3  # failed trials in a row after which a worker gives up (the config, not the values, is wrong)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class StudySpec:
     direction: str  # max | min
     search: SearchConfig
     deadline: float | None  # time.time() after which no trial starts
-    max_train: int | None  # the budget: training examples per trial
+    budget: float | None  # the fraction of the training data each trial trains on (data.train_fraction)
     parent_run: str | None  # the study's MLflow run
     say: Callable[[str], None] = field(default=lambda line: None, compare=False)
 
@@ -86,7 +87,6 @@ def search(config: Path | None, overrides: list[str], *, trials: int, timeout: f
     name = study or (Path(config).stem if config else "study")
     folder = Path(cfg.output.dir) / name
     folder.mkdir(parents=True, exist_ok=True)
-    max_train = _budget(task, cfg, budget)
     atomic_write(folder / "base.yaml", to_yaml(cfg))
     storage = storage or str((folder / "journal.log").resolve())
 
@@ -94,7 +94,7 @@ def search(config: Path | None, overrides: list[str], *, trials: int, timeout: f
     parent = _parent_run(cfg, handle, name) if "mlflow" in cfg.output.track else None
     spec = StudySpec(folder=folder.resolve(), name=name, storage=storage, trials=trials, metric=metric,
                      direction=direction, search=cfg.search, deadline=time.time() + timeout if timeout else None,
-                     max_train=max_train, parent_run=parent, say=say)
+                     budget=budget, parent_run=parent, say=say)
     others = [_spawn_worker(spec, i) for i in range(1, workers)]
     try:
         work(spec, 0)
@@ -102,15 +102,6 @@ def search(config: Path | None, overrides: list[str], *, trials: int, timeout: f
         for proc in others:
             proc.join()
     return finish(spec, cfg)
-
-
-def _budget(task: Any, cfg: Config, budget: float | None) -> int | None:
-    if budget is None or budget >= 1:
-        return cfg.data.max_train_examples
-    n = len(task.read(cfg.data.train))
-    if cfg.data.max_train_examples:
-        n = min(n, cfg.data.max_train_examples)
-    return max(1, math.ceil(budget * n))
 
 
 def _open_study(storage: str, name: str, metric: str, direction: str) -> Any:
@@ -180,8 +171,7 @@ def _lock(folder: Path) -> Iterator[None]:
 def counted(trial: Any) -> bool:
     from optuna.trial import TrialState
 
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        trial.state == TrialState.FAIL and "error" in trial.user_attrs)
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def work(spec: StudySpec, index: int) -> None:
@@ -196,7 +186,11 @@ def work(spec: StudySpec, index: int) -> None:
     sampler = optuna.samplers.TPESampler(seed=spec.search.seed + index + existing, constant_liar=True,
                                          n_startup_trials=max(3, min(10, spec.trials // 3)))
     handle = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler)
+    failures = 0
     while True:
+        if failures >= MAX_FAILURES:
+            spec.say(f"worker {index}: {failures} trials in a row failed; stopping (see {spec.folder / 'logs'})")
+            return
         with _lock(spec.folder):
             fail_dead(handle, rdb=is_url(spec.storage))
             trials = handle.get_trials(deepcopy=False)
@@ -212,15 +206,15 @@ def work(spec: StudySpec, index: int) -> None:
             values = search_space.suggest(trial, spec.space)
             trial.set_user_attr("run", f"trial-{trial.number:04d}")
         state, value, error = run_one(spec, storage, trial, values)
+        failures = failures + 1 if state == TrialState.FAIL else 0
         with _lock(spec.folder):
             if error:
                 trial.set_user_attr("error", error[-500:])
             handle.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
             _after_trial(spec, handle)
-        shown = f"{value:.4f}" if value is not None else state.name.lower()
-        spec.say(f"trial {trial.number}: dev {spec.metric} {shown} "
-                 f"({', '.join(f'{k}={_short(v)}' for k, v in values.items())})"
-                 + (f": {error.splitlines()[-1] if error.strip() else 'failed'}" if error else ""))
+        outcome = f"dev {spec.metric} {value:.4f}" if value is not None else state.name.lower()
+        spec.say(f"trial {trial.number}: {outcome} ({', '.join(f'{k}={_short(v)}' for k, v in values.items())})"
+                 + (f": {error.strip().splitlines()[-1]}" if error.strip() else ""))
 
 
 def run_one(spec: StudySpec, storage: Any, trial: Any, values: dict[str, Any]) -> tuple[Any, float | None, str]:
@@ -232,8 +226,8 @@ def run_one(spec: StudySpec, storage: Any, trial: Any, values: dict[str, Any]) -
     run_name = f"trial-{trial.number:04d}"
     items = search_space.overrides(values) + [f"output.dir={spec.folder}", f"output.name={run_name}",
                                               f"search.pruner={_pruner_kind(spec)}"]
-    if spec.max_train is not None:
-        items.append(f"data.max_train_examples={spec.max_train}")
+    if spec.budget is not None and spec.budget < 1:
+        items.append(f"data.train_fraction={spec.budget}")
     base = load_config(spec.folder / "base.yaml")
     if "mlflow" in base.output.track and not base.output.tracking_uri:
         from runassist.train.mlflow_tracking import tracking_uri
@@ -414,7 +408,7 @@ def finish(spec: StudySpec, cfg: Config) -> StudyResult:
         "trials_wanted": spec.trials, "counted": sum(counted(t) for t in trials), "states": counts,
         "best": best, "baseline": {"trial": baseline.number, "value": baseline.value, "params": baseline.params}
         if baseline is not None else None,
-        "budget_train_examples": spec.max_train})
+        "budget": spec.budget})
     write_study_report(spec.folder, storage=spec.storage)
     if spec.parent_run:
         try:

@@ -45,6 +45,8 @@ def read_splits(task: Any, cfg: Config) -> Splits:
         raise RunassistError("data.train: not set; give a file or an asset alias, e.g. data.train=wnut16:train")
     d = cfg.data
     train = task.read(d.train)[:d.max_train_examples]
+    if d.train_fraction is not None and d.train_fraction < 1:
+        train = sample_covering(task, train, d.train_fraction, seed=cfg.train.seed)
     dev = task.read(d.dev)[:d.max_eval_examples] if d.dev else None
     test = task.read(d.test)[:d.max_eval_examples] if d.test else None
     known = set(task.label_counts(train))
@@ -56,6 +58,25 @@ def read_splits(task: Any, cfg: Config) -> Splits:
             raise DataError(spec, None, f"labels never seen in training data: {', '.join(unseen)} "
                                         f"(run `runassist check-data` for the lines)")
     return Splits(train, task.dev_examples(dev) if dev is not None else None, test)
+
+
+def sample_covering(task: Any, examples: list[Any], fraction: float, *, seed: int) -> list[Any]:
+    """A seeded sample of ``fraction`` of the examples, in file order, that still holds every label
+    the full set has (a label missing from training would fail the run at the dev check): the
+    first example of each missing label is added."""
+    import math
+    import random
+
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    chosen = set(order[:max(1, math.ceil(fraction * len(examples)))])
+    seen = set(task.label_counts([examples[i] for i in chosen]))
+    for i, example in enumerate(examples):
+        missing = set(task.label_counts([example])) - seen
+        if missing:
+            chosen.add(i)
+            seen |= missing
+    return [examples[i] for i in sorted(chosen)]
 
 
 def train(cfg: Config, *, resume: Path | None = None, progress: bool = True, callbacks: Sequence[Callback] = (),
