@@ -182,7 +182,7 @@ class SearchParam(_Section):
 
 
 class SearchConfig(_Section):
-    space: dict[str, SearchParam] = {}  # "section.key" -> a range or choices: train.lr: {low: 1e-5, high: 1e-3, log: true}
+    space: dict[str, SearchParam] = {}  # "section.key" -> a range or choices, e.g. train.lr: {low: 1e-5, high: 1e-3}
     metric: str | None = None  # None: the task's headline
     direction: Literal["max", "min"] | None = None  # None: the headline's own direction, else max
     seed: int = 0  # the sampler's seed: the same seed repeats the same trials

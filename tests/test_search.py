@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from runassist.errors import ConfigError
 
 optuna = pytest.importorskip("optuna")
@@ -116,6 +116,7 @@ def test_a_seeded_study_repeats_its_trials_and_trial_0_is_the_config(tmp_path, n
 
 def test_a_budget_sample_is_seeded_and_keeps_every_label():
     from conftest import make_ner_sentences
+
     from runassist.config import DataConfig, ModelConfig
     from runassist.data.records import TokenExample
     from runassist.tasks import task_class
@@ -133,7 +134,7 @@ def test_a_budget_sample_is_seeded_and_keeps_every_label():
 def test_a_storage_url_is_shown_without_its_password():
     from runassist.search.storage import shown
 
-    assert shown("postgresql+psycopg://me:s3cret@db.example/studies") == "postgresql+psycopg://me:***@db.example/studies"
+    assert shown("postgresql+psycopg://me:s3cret@db/studies") == "postgresql+psycopg://me:***@db/studies"
     assert shown("/tmp/x/journal.log") == "/tmp/x/journal.log"
 
 
@@ -175,7 +176,8 @@ def test_two_workers_real_trials_named_metric_best_run_and_mlflow_children(tmp_p
 
     path = _tiny_study(tmp_path, ner_files, tiny_model, metric="precision", keep=1, pruner="none")
     done = subprocess.run([*CLI, "search", str(path), "output.track=mlflow", "--trials", "2", "--workers", "2",
-                           "--budget", "0.5"], env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                           "--budget", "0.5"], env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     folder = Path(done.stdout.strip().splitlines()[-1])
     trials = _load(folder).get_trials()
@@ -219,7 +221,7 @@ def test_kill_9_mid_trial_then_the_same_command_ends_with_n_trials(tmp_path, ner
     trials = _load(folder).get_trials()
     assert [t.state.name for t in trials] == ["RUNNING"]
 
-    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = _load(folder).get_trials()
     states = [t.state.name for t in trials]
@@ -247,13 +249,14 @@ def _postgres(tmp: Path) -> tuple[str, list[str]]:
     sock.mkdir()
     sock.chmod(0o777)
     init = subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "runassist"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     if init.returncode != 0:
         pytest.skip(f"PostgreSQL's initdb failed here: {init.stderr.strip()[-300:]}")
     ctl = [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data)]
+    # listen_addresses='': a Unix socket in our own folder only, so the port number cannot clash
     start = subprocess.run([*ctl, "-w", "-l", str(tmp / "server.log"), "-o",
                             f"-p 55432 -k {sock} -c listen_addresses=''", "start"],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=120, check=False)
     if start.returncode != 0:
         pytest.skip(f"PostgreSQL would not start here: {(tmp / 'server.log').read_text()[-300:]}")
     return f"postgresql+psycopg://runassist@/postgres?host={sock}&port=55432", [*ctl, "-m", "immediate", "stop"]
@@ -278,7 +281,7 @@ def test_a_study_in_postgresql_resumes_from_another_command(ner_files, tiny_mode
         assert json.loads((tmp / "runs" / "shared" / "study.json").read_text())["storage"].startswith(
             "postgresql+psycopg://runassist@")
     finally:
-        subprocess.run(stop, capture_output=True, timeout=60)
+        subprocess.run(stop, capture_output=True, timeout=60, check=False)
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, ner_overrides
+
 from runassist.tasks import load_config
 from runassist.train.run import train
 

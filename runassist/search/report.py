@@ -94,7 +94,7 @@ def _page(folder: Path, info: dict[str, Any], trials: list[Any], importances: di
                      *(num(t.params.get(n)) for n in names), num(seconds, 1) if seconds is not None else "–",
                      f"<code>{e(t.user_attrs.get('run', ''))}</code>", e(str(note).splitlines()[-1] if note else "")])
     trial_table = table(["trial", "state", f"dev {info['metric']}", *names, "seconds", "run", "note"], rows)
-    imp = table(["parameter", "importance"], [[f"<code>{e(k)}</code>", f"{num(v, 3)}"] for k, v in importances.items()]) \
+    imp = table(["parameter", "importance"], [[f"<code>{e(k)}</code>", num(v, 3)] for k, v in importances.items()]) \
         if importances else ""
     body = (header + history + f"<section><h2>Trials</h2>{trial_table}</section>"
             + (f"<section><h2>Parameter importance</h2>{imp}</section>" if imp else ""))

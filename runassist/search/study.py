@@ -27,9 +27,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from runassist.atomic import atomic_write, write_json
 from runassist.config import Config, SearchConfig, SearchParam, to_yaml
@@ -134,9 +135,8 @@ def _parent_run(cfg: Config, handle: Any, name: str) -> str | None:
 
 
 def _spawn_worker(spec: StudySpec, index: int) -> Any:
-    import multiprocessing
-
     import dataclasses
+    import multiprocessing
 
     # A fresh interpreter gets the spec by pickling: the caller's ``say`` may be a closure, so a worker
     # prints its lines to stderr itself.

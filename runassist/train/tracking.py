@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from runassist.train.callbacks import Callback, TrainContext
 from runassist.train.loop import StepInfo
@@ -56,7 +57,8 @@ class Tracker(Callback):
     def on_eval(self, ctx: TrainContext, info: StepInfo, scores: dict[str, Any]) -> None:
         if self._thread is None:
             return
-        flat = {f"dev/{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        flat = {f"dev/{k}": float(v) for k, v in scores.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self._submit(self.log_eval, info.position.step, flat)
 
     def on_end(self, ctx: TrainContext, summary: dict[str, Any], *, status: str) -> None:
