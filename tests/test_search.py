@@ -192,6 +192,7 @@ def test_two_workers_real_trials_named_metric_best_run_and_mlflow_children(tmp_p
     best = max(trials, key=lambda t: (t.value, -t.number))
     assert (folder / "best").resolve() == (folder / f"trial-{best.number:04d}").resolve()
     assert sorted(p.parent.name for p in folder.glob("trial-*/model")) == [f"trial-{best.number:04d}"]
+    assert not list(folder.glob("trial-*/checkpoints"))  # a finished trial is never resumed
     best_cfg = yaml.safe_load((folder / "best.yaml").read_text())
     assert best_cfg["data"]["train_fraction"] is None  # the full data, ready for `runassist train`
     assert "trial" in (folder / "study.html").read_text()

@@ -74,18 +74,25 @@ def test_a_broken_tracker_is_logged_once_and_training_goes_on(ner_files, tiny_mo
 
 @pytest.mark.slow
 def test_a_killed_run_is_failed_and_resume_continues_the_same_mlflow_run(ner_files, tiny_model, tmp_path):
-    items = ner_overrides(ner_files, tiny_model, tmp_path / "runs", log_every=1, epochs=20, checkpoint_every=4,
+    # 16 epochs of 8 steps: long enough to be killed mid-run
+    items = ner_overrides(ner_files, tiny_model, tmp_path / "runs", log_every=8, epochs=16, checkpoint_every=4,
                           early_stopping="null") + ["output.track=mlflow", "output.name=killed"]
+    from runassist.config import OutputConfig
+    from runassist.train.mlflow_tracking import client_for, experiment_id
+
+    # The store made here: a new SQLite store's tables take MLflow several seconds, in which this tiny
+    # run would finish before it could be killed.
+    experiment_id(client_for(OutputConfig(dir=str(tmp_path / "runs"))), OutputConfig(dir=str(tmp_path / "runs")))
     proc = subprocess.Popen([sys.executable, "-m", "runassist.cli", "train", *items, "--quiet", "--no-report"],
                             env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run = tmp_path / "runs" / "killed"
     deadline = time.time() + 120
     while not ((run / "tracking.json").exists() and (run / "checkpoints" / "last" / "state.json").exists()):
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
-        time.sleep(0.2)
-    time.sleep(0.5)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert json.loads((run / "summary.json").read_text())["status"] == "running"  # killed mid-run
     client, run_id = _client(run)
     assert client.get_run(run_id).info.status == "RUNNING"  # what a kill -9 leaves: no code ran
 
@@ -101,7 +108,7 @@ def test_a_killed_run_is_failed_and_resume_continues_the_same_mlflow_run(ner_fil
     resumed = client.get_run(run_id)
     assert resumed.info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
-    assert steps[-1] == result.summary["total_steps"] == 160 and steps[0] == 1
+    assert steps[-1] == result.summary["total_steps"] == 128 and steps[0] == 8
     assert int(resumed.data.tags["runassist.resumed_at_step"]) >= 4
 
 

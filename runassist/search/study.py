@@ -353,11 +353,14 @@ def _after_trial(spec: StudySpec, handle: Any) -> None:
     order = ranked(handle, spec.direction)
     keep = {t.number for t in order[:spec.search.keep]}
     for t in handle.get_trials(deepcopy=False):
-        if t.state == TrialState.RUNNING or t.number in keep:
+        if t.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
         run = spec.folder / f"trial-{t.number:04d}"
-        for heavy in ("model", "checkpoints"):
-            shutil.rmtree(run / heavy, ignore_errors=True)
+        # A finished trial cannot be resumed, so its checkpoint (weights + optimizer: 3-4x the model) goes
+        # in every case; the kept model only where the trial is among the best.
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)
+        if t.number not in keep:
+            shutil.rmtree(run / "model", ignore_errors=True)
     if order:
         _point_best(spec.folder, f"trial-{order[0].number:04d}")
         best = load_config(spec.folder / "base.yaml", search_space.overrides(order[0].params))

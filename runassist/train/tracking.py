@@ -19,6 +19,7 @@ from runassist.train.callbacks import Callback, TrainContext
 from runassist.train.loop import StepInfo
 
 log = logging.getLogger("runassist.tracking")
+OPEN_TIMEOUT_S = 30.0  # what a run waits at its start for the tracker's run to exist (then goes on anyway)
 FINISH_TIMEOUT_S = 120.0  # what a run waits at its end for a tracker to send its last records and the model
 
 
@@ -36,6 +37,7 @@ class Tracker(Callback):
         self.broken = False
         self._queue: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._opened = threading.Event()
 
     # -- the callback side: runs in the training loop, only copies values and queues ----------------------
     def on_start(self, ctx: TrainContext, *, resumed: bool) -> None:
@@ -44,6 +46,12 @@ class Tracker(Callback):
         self._thread = threading.Thread(target=self._work, name=f"runassist-{self.name}", daemon=True)
         self._thread.start()
         self._submit(self.open, ctx.run, resumed, int(getattr(ctx.scheduler, "last_epoch", 0) or 0))
+        # The training loop holds the GIL so tightly that a thread importing MLflow and creating its
+        # run can take the whole run to get there; waiting here (bounded) has the tracker's run exist
+        # before step 1, so a kill at any later moment is recorded against it.
+        if not self._opened.wait(OPEN_TIMEOUT_S):
+            log.warning("%s: not ready after %.0f s; training starts, records follow when it is", self.name,
+                        OPEN_TIMEOUT_S)
 
     def on_step(self, ctx: TrainContext, info: StepInfo) -> None:
         if self._thread is None or (info.position.step % self.every and not info.last):
@@ -91,6 +99,9 @@ class Tracker(Callback):
                 self.broken = True
                 log.warning("%s tracking stopped: %s: %s (training goes on; nothing more is sent)",
                             self.name, type(exc).__name__, exc)
+            finally:
+                if fn == self.open:
+                    self._opened.set()
 
     # -- what a tracker does ------------------------------------------------------------------------------
     def open(self, run: Path, resumed: bool, start_step: int) -> None: ...
