@@ -35,6 +35,11 @@ def write_study_report(folder: Path, *, storage: str | None = None) -> Path:
     return path
 
 
+def _value(value: Any) -> str:
+    """A parameter: 3 significant digits (a learning rate of 5e-05 is not 0.0001)."""
+    return e(f"{value:.3g}") if isinstance(value, float) else num(value)
+
+
 def _last(trial: Any) -> float | None:
     """A pruned trial's last reported value: where the history chart draws it."""
     values = trial.intermediate_values
@@ -91,7 +96,7 @@ def _page(folder: Path, info: dict[str, Any], trials: list[Any], importances: di
             f"retry of trial {t.user_attrs['retry_of']}" if "retry_of" in t.user_attrs else "")
         mark = " ★" if best and t.number == best.get("trial") else ""
         rows.append([f"{t.number}{mark}", e(t.state.name.lower()), num(t.value),
-                     *(num(t.params.get(n)) for n in names), num(seconds, 1) if seconds is not None else "–",
+                     *(_value(t.params.get(n)) for n in names), num(seconds, 1) if seconds is not None else "–",
                      f"<code>{e(t.user_attrs.get('run', ''))}</code>", e(str(note).splitlines()[-1] if note else "")])
     trial_table = table(["trial", "state", f"dev {info['metric']}", *names, "seconds", "run", "note"], rows)
     imp = table(["parameter", "importance"], [[f"<code>{e(k)}</code>", num(v, 3)] for k, v in importances.items()]) \
