@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser test test-fast demo demo-ner demo-classify demo-qa clean
+.PHONY: setup browser postgres test test-fast demo demo-ner demo-classify demo-qa clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium could not be installed: the browser test will be skipped"; }
 
-test: setup browser
+# The search test against a real PostgreSQL uses Debian's server binaries; best effort, as for the browser:
+# without them that test skips and says why.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq \
+	  postgresql >/dev/null) || echo "postgresql could not be installed: the PostgreSQL search test will be skipped"; }
+
+test: setup browser postgres
 	$(BIN)/pytest -q
 
 # The tier without subprocess training, browser or multi-process runs (about 40 s).
