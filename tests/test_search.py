@@ -203,6 +203,8 @@ def test_two_workers_real_trials_named_metric_best_run_and_mlflow_children(tmp_p
                                   filter_string=f"tags.mlflow.parentRunId = '{study_run}'")
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
     assert client.get_run(study_run).info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(study_run)} == {"best.yaml", "study.json", "study.html"}
+    assert "model" not in {a.path for a in client.list_artifacts(children[0].info.run_id)}  # no 12 uploads
 
 
 @pytest.mark.slow

@@ -418,7 +418,8 @@ def finish(spec: StudySpec, cfg: Config) -> StudyResult:
             from runassist.train.mlflow_tracking import close_parent_run
 
             close_parent_run(cfg.output, spec.parent_run, status="FINISHED",
-                             metrics={f"best_dev_{spec.metric}": best["value"]} if best else {})
+                             metrics={f"best_dev_{spec.metric}": best["value"]} if best else {},
+                             files=[spec.folder / name for name in ("best.yaml", "study.json", "study.html")])
         except Exception as exc:
             print(f"warning: mlflow: the study's run could not be closed ({type(exc).__name__}: {exc})",
                   file=sys.stderr)

@@ -9,7 +9,8 @@
   label list itself is the ``labels.json`` artifact, not a parameter (a long id2label crashing a
   run is the failure this avoids).
 - Metrics with the global step: train/loss, train/lr per logging step; dev/<score> per evaluation.
-- Artifacts at the end: config.yaml, summary.json, labels.json; the kept model once, on success.
+- Artifacts at the end: config.yaml, summary.json, labels.json; the kept model once, on success
+  (not for search trials: the study's run gets best.yaml, study.json and study.html).
 - Status: FINISHED; FAILED on an exception; KILLED on Ctrl-C. A kill -9 runs no code, so it is
   found by whoever looks next: every tracker that opens in the same experiment marks the RUNNING
   runs of this host whose owning process is gone as FAILED (``reap_dead``). ``--resume`` reattaches
@@ -206,8 +207,10 @@ class MlflowTracker(Tracker):
             for name in ("config.yaml", "summary.json", "labels.json"):
                 if (run / name).exists():
                     self.client.log_artifact(self.run_id, str(run / name))
-            if status == "finished" and (run / "model").is_dir():
-                self.client.log_artifacts(self.run_id, str(run / "model"), "model")  # once, not per checkpoint
+            # Once, not per checkpoint; and not for a search trial, whose weights most often get deleted
+            # (the study keeps its best few): a study of 12 would upload 12 models.
+            if status == "finished" and (run / "model").is_dir() and not self.parent_run:
+                self.client.log_artifacts(self.run_id, str(run / "model"), "model")
             if status == "failed" and summary.get("error"):
                 self.client.set_tag(self.run_id, "runassist.failure", str(summary["error"])[:PARAM_LIMIT])
         finally:
@@ -224,11 +227,16 @@ def open_parent_run(output: OutputConfig, *, name: str, run_id: str | None, tags
     return client.create_run(exp_id, run_name=name, tags={"runassist.version": __version__, **tags}).info.run_id
 
 
-def close_parent_run(output: OutputConfig, run_id: str, *, metrics: dict[str, float], status: str) -> None:
+def close_parent_run(output: OutputConfig, run_id: str, *, metrics: dict[str, float], status: str,
+                     files: list[Path] = ()) -> None:
+    """The study's run: its best value, its files (best.yaml, study.json, study.html), its status."""
     from mlflow.entities import Metric
 
     client = client_for(output)
     now = int(time.time() * 1000)
     if metrics:
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    for path in files:
+        if Path(path).is_file():
+            client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, status)
