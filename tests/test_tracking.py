@@ -112,6 +112,7 @@ def test_a_killed_run_is_failed_and_resume_continues_the_same_mlflow_run(ner_fil
     assert int(resumed.data.tags["runassist.resumed_at_step"]) >= 4
 
 
+@pytest.mark.slow  # a new MLflow store's tables take seconds
 def test_a_run_that_raises_is_failed_in_mlflow(ner_files, tiny_model, tmp_path):
     from runassist.train.callbacks import Callback
 
