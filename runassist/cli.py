@@ -189,6 +189,33 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (not n
     print(result.run)
 
 
+@app.command()
+def search(config: Optional[Path] = typer.Argument(None, help="YAML config with a search: section"),
+           overrides: Optional[list[str]] = typer.Argument(None, help="section.key=value ..."),
+           trials: int = typer.Option(..., "--trials", help="trials in total: running again resumes up to N"),
+           timeout: Optional[float] = typer.Option(None, "--timeout", help="seconds after which no trial starts"),
+           budget: Optional[float] = typer.Option(None, "--budget", help="fraction of the training data per trial"),
+           storage: Optional[str] = typer.Option(None, "--storage", help="an RDB URL; default: STUDY/journal.log"),
+           study: Optional[str] = typer.Option(None, "--study", help="study name (default: the config's name)"),
+           workers: int = typer.Option(1, "--workers", help="worker processes on this machine")) -> None:
+    """Hyperparameter search on Optuna: a run folder per trial, the best as STUDY/best and STUDY/best.yaml."""
+    from runassist.search.study import search as run_search
+
+    config, overrides = _split_config(config, overrides)
+    if workers < 1:
+        raise RunassistError("--workers: give at least 1")
+    result = run_search(config, overrides, trials=trials, timeout=timeout, budget=budget, storage=storage,
+                        study=study, workers=workers, say=lambda line: err.print(escape(line), highlight=False))
+    states = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+    if result.best:
+        err.print(escape(f"best: trial {result.best['trial']}, dev {result.best['value']:.4f} "
+                         f"({', '.join(f'{k}={v}' for k, v in result.best['params'].items())}); trials: {states}; "
+                         f"report: {result.folder / 'study.html'}"), highlight=False)
+    else:
+        err.print(escape(f"no trial completed; trials: {states}; logs in {result.folder / 'logs'}"), highlight=False)
+    print(result.folder)
+
+
 def _split_config(config: Optional[Path], overrides: Optional[list[str]]) -> tuple[Optional[Path], list[str]]:
     """`runassist train a.b=c ...` with no file: the first override lands in CONFIG; move it back."""
     if config is not None and "=" in str(config) and not config.exists():

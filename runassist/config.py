@@ -67,6 +67,7 @@ class DataConfig(_Section):
     label_separator: str | None = None  # multi-label in CSV: labels joined by this string
     max_train_examples: int | None = Field(None, ge=1)  # use the first N training examples (quick experiments)
     max_eval_examples: int | None = Field(None, ge=1)  # and the first N of dev and of test
+    train_fraction: float | None = Field(None, gt=0, le=1)  # a seeded sample of training examples (search's --budget)
     # Retraining without forgetting: earlier training data replayed beside data.train (the new data),
     # replay_ratio old examples per new one (a seeded sample; all of them when there are fewer).
     replay: str | None = None
@@ -136,9 +137,70 @@ class TrainConfig(_Section):
         return value
 
 
+TrackerName = Literal["none", "mlflow", "tensorboard"]
+
+
 class OutputConfig(_Section):
     dir: str = "runs"
     name: str | None = None  # None: a timestamp plus the task name
+    track: list[TrackerName] = []  # where metrics also go: mlflow, tensorboard (RUN/tb/), or both
+    tracking_uri: str | None = None  # MLflow: None is sqlite:///<output.dir>/mlflow.db
+    experiment: str = "runassist"  # MLflow experiment name
+
+    @field_validator("track", mode="before")
+    @classmethod
+    def _track_list(cls, value: Any) -> Any:
+        # `track: mlflow` is the common case; `track: [mlflow, tensorboard]` for both; none is an empty list.
+        if value is None:
+            return []
+        items = [value] if isinstance(value, str) else value
+        return [v for v in items if v != "none"] if isinstance(items, list) else items
+
+
+class SearchParam(_Section):
+    """One key of the search space: a range (``low``, ``high``, ``log``, ``step``) or ``choices``."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False  # sample the range on a log scale (learning rates, weight decay)
+    step: int | float | None = None  # a grid step inside the range
+    choices: list[Any] | None = None  # a categorical choice instead of a range
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SearchParam":
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices: give at least one value")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (a range) or choices")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+    @property
+    def integer(self) -> bool:
+        return self.choices is None and all(isinstance(v, int) for v in (self.low, self.high)) \
+            and (self.step is None or isinstance(self.step, int))
+
+
+class SearchConfig(_Section):
+    space: dict[str, SearchParam] = {}  # "section.key" -> a range or choices, e.g. train.lr: {low: 1e-5, high: 1e-3}
+    metric: str | None = None  # None: the task's headline
+    direction: Literal["max", "min"] | None = None  # None: the headline's own direction, else max
+    seed: int = 0  # the sampler's seed: the same seed repeats the same trials
+    pruner: Literal["auto", "median", "hyperband", "none"] = "auto"  # auto: median, Hyperband from 30 trials
+    prune_after: int = Field(3, ge=0)  # complete trials before the pruner judges any
+    keep: int = Field(2, ge=1)  # trials whose model weights are kept (the best ones)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _empty_space(cls, value: Any) -> Any:
+        return {} if value is None else value
 
 
 class Config(_Section):
@@ -150,6 +212,7 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     output: OutputConfig = OutputConfig()
+    search: SearchConfig = SearchConfig()  # read only by `runassist search`
 
     @field_validator("task", mode="before")
     @classmethod
@@ -164,6 +227,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "data": DataConfig,
     "train": TrainConfig,
     "output": OutputConfig,
+    "search": SearchConfig,
 }
 
 

@@ -66,9 +66,22 @@ COMMENTS: dict[str, str] = {
     "train.extend_labels": ("model.source is a trained run's model: keep its labels and head rows, add new "
                             "labels after them (runassist retrain sets it)"),
     "train.threads": "CPU threads; empty picks the free cores (a busy core makes 2 threads much slower than 1)",
+    "data.train_fraction": "train on this fraction of the training examples (a seeded sample that keeps every "
+                           "label); `runassist search --budget` sets it",
     "output": "where the run folder goes",
     "output.dir": "parent folder of run folders",
     "output.name": "run folder name; empty for a timestamp plus the task",
+    "output.track": "also send metrics to: [] (none), mlflow, tensorboard (RUN/tb/), or [mlflow, tensorboard]",
+    "output.tracking_uri": "MLflow tracking URI; empty for sqlite:///<output.dir>/mlflow.db (a server URL works too)",
+    "output.experiment": "MLflow experiment the runs go into",
+    "search": "`runassist search` only: the hyperparameter search; ignored by train",
+    "search.space": "section.key: {low, high, log} or {choices: [...]}, e.g. train.lr: {low: 1e-5, high: 1e-3, log: true}",
+    "search.metric": "the one dev score to optimise; empty for the task's headline",
+    "search.direction": "max or min; empty for the headline's own direction",
+    "search.seed": "sampler seed: the same seed repeats the same trials",
+    "search.pruner": "stop bad trials early: auto (median; Hyperband from 30 trials), median, hyperband, none",
+    "search.prune_after": "finished trials before the pruner judges any",
+    "search.keep": "trials whose weights are kept (the best); the others keep scores and logs only",
 }
 
 

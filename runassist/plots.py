@@ -175,3 +175,47 @@ def confusion_chart(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> b
     for spine in ax.spines.values():
         spine.set_visible(False)
     return _png(fig)
+
+
+def history_chart(points: Sequence[tuple[int, float, str]], *, metric: str, maximize: bool) -> bytes | None:
+    """A study's optimisation history: each finished trial's objective by trial number (complete: filled,
+    pruned: hollow) and the best value so far as a step line."""
+    done = [(n, v, s) for n, v, s in points if isinstance(v, (int, float))]
+    if not done:
+        return None
+    fig, ax = _figure(5.2, 3.2)
+    for state, style in (("COMPLETE", {"color": ACCENT}), ("PRUNED", {"facecolors": "none", "edgecolors": "#7f7f7f"})):
+        chosen = [(n, v) for n, v, s in done if s == state]
+        if chosen:
+            xs, ys = zip(*chosen)
+            ax.scatter(xs, ys, s=22, label=state.lower(), zorder=3, **style)
+    complete = sorted((n, v) for n, v, s in done if s == "COMPLETE")
+    if complete:
+        best, xs, ys = None, [], []
+        for n, v in complete:
+            best = v if best is None else (max(best, v) if maximize else min(best, v))
+            xs.append(n)
+            ys.append(best)
+        ax.step(xs, ys, where="post", color="#d62728", linewidth=1.6, label="best so far")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"optimisation history: dev {plain(metric)}", fontsize=11)
+    ax.set_xlabel("trial", fontsize=9)
+    ax.set_ylabel(plain(metric), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, frameon=False)
+    return _png(fig)
+
+
+def importance_chart(importances: dict[str, float]) -> bytes | None:
+    """Horizontal bars: each searched parameter's importance for the objective (normalised to sum to 1)."""
+    if not importances:
+        return None
+    names = list(importances)[::-1]
+    fig, ax = _figure(5.2, 0.5 + 0.35 * len(names))
+    ax.barh([plain(n, 40) for n in names], [importances[n] for n in names], color=ACCENT)
+    ax.set_xlim(0, 1)
+    ax.set_title("parameter importance", fontsize=11)
+    ax.grid(alpha=0.3, axis="x")
+    return _png(fig)

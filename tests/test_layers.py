@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("runassist.train",),
     ("runassist.onnx_runtime", "runassist.predict"),
     ("runassist.evaluate", "runassist.export", "runassist.compare", "runassist.report", "runassist.agent",
-     "runassist.init_config", "runassist.mcp_stdio", "runassist.chat_session", "runassist.gate", "runassist.retrain", "runassist.label_queue", "runassist.drift"),
+     "runassist.init_config", "runassist.mcp_stdio", "runassist.chat_session", "runassist.gate", "runassist.retrain", "runassist.label_queue", "runassist.drift",
+     "runassist.search"),
     ("runassist.serve",),
     ("runassist.cli_output", "runassist.cli_lifecycle", "runassist.cli", "runassist.__main__"),
 ]

@@ -87,9 +87,14 @@ class TrainContext:
 
 
 class Callback:
+    def on_start(self, ctx: TrainContext, *, resumed: bool) -> None: ...
+
     def on_step(self, ctx: TrainContext, info: StepInfo) -> None: ...
 
     def on_eval(self, ctx: TrainContext, info: StepInfo, scores: dict[str, Any]) -> None: ...
+
+    def on_end(self, ctx: TrainContext, summary: dict[str, Any], *, status: str) -> None:
+        """The run ended: ``status`` is finished, interrupted (Ctrl-C) or failed (an exception)."""
 
 
 class MetricsLog(Callback):

@@ -18,11 +18,12 @@ from runassist.inference import predict_examples, write_eval
 from runassist.tasks import make_task
 from runassist.tasks.base import TaskState
 from runassist.train import checkpoint
-from runassist.train.callbacks import (BestModel, Checkpoint, EarlyStopping, MetricsLog, Progress, TrainContext,
-                                       save_model_dir)
+from runassist.train.callbacks import (BestModel, Callback, Checkpoint, EarlyStopping, MetricsLog, Progress,
+                                       TrainContext, save_model_dir)
 from runassist.train.engine import Engine
 from runassist.train.loop import Position, StepInfo, plan, train_steps
 from runassist.train.setup import apply_freeze, apply_lora, build_optimizer, build_scheduler, class_weights
+from runassist.train.trackers import trackers
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ def read_splits(task: Any, cfg: Config, extra_known: Sequence[str] = ()) -> Spli
         raise RunassistError("data.train: not set; give a file or an asset alias, e.g. data.train=wnut16:train")
     d = cfg.data
     train = task.read(d.train)[:d.max_train_examples]
+    if d.train_fraction is not None and d.train_fraction < 1:
+        train = sample_covering(task, train, d.train_fraction, seed=cfg.train.seed)
     if d.replay:
         train = train + replay_sample(task.read(d.replay), len(train), d.replay_ratio, cfg.train.seed)
     dev = task.read(d.dev)[:d.max_eval_examples] if d.dev else None
@@ -68,7 +71,29 @@ def read_splits(task: Any, cfg: Config, extra_known: Sequence[str] = ()) -> Spli
     return Splits(train, task.dev_examples(dev) if dev is not None else None, test)
 
 
-def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> RunResult:
+def sample_covering(task: Any, examples: list[Any], fraction: float, *, seed: int) -> list[Any]:
+    """A seeded sample of ``fraction`` of the examples, in file order, that still holds every label
+    the full set has (a label missing from training would fail the run at the dev check): the
+    first example of each missing label is added."""
+    import math
+    import random
+
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    chosen = set(order[:max(1, math.ceil(fraction * len(examples)))])
+    seen = set(task.label_counts([examples[i] for i in chosen]))
+    for i, example in enumerate(examples):
+        missing = set(task.label_counts([example])) - seen
+        if missing:
+            chosen.add(i)
+            seen |= missing
+    return [examples[i] for i in sorted(chosen)]
+
+
+def train(cfg: Config, *, resume: Path | None = None, progress: bool = True, callbacks: Sequence[Callback] = (),
+          parent_run: str | None = None) -> RunResult:
+    """``callbacks``: more callbacks after the run's own (a search trial's pruning); ``parent_run``: the
+    MLflow run this run's MLflow run is a child of (a search study's)."""
     from runassist import env
     from runassist.assets import resolve_model
 
@@ -165,9 +190,11 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
             _truncate_metrics(run, start.step, evaluated=pending_eval is None)
 
     bar = Progress(enabled=progress)
+    extra = list(callbacks)
     callbacks = [MetricsLog(tc.log_every), EarlyStopping(patience=es.patience if es else None,
                                                          min_delta=es.min_delta if es else 0.0),
-                 BestModel(), Checkpoint(tc.checkpoint_every), bar]
+                 BestModel(), Checkpoint(tc.checkpoint_every), bar,
+                 *trackers(cfg.output, every=tc.log_every, parent_run=parent_run), *extra]
     eval_every = tc.eval_every
     loss_fn = lambda outputs, batch: task.loss(outputs, batch, weights)  # noqa: E731
     collate = lambda fs: task.collate(fs, processor)  # noqa: E731
@@ -186,6 +213,8 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
             runs.append_metrics(run, {"kind": "before_training", "split": "dev", "step": 0, **ctx.dev_before})
 
     bar.start(ctx, start.step)
+    for cb in callbacks:
+        cb.on_start(ctx, resumed=resume is not None)
     info = None
     stopped = ctx.stop_reason or "completed"
     try:
@@ -221,11 +250,14 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
         bar.stop()
         if info is not None:
             Checkpoint.save(ctx, info.position, pending=ctx.in_eval)
-        _write_summary(ctx, cfg, status="interrupted", stopped="interrupted (Ctrl-C); resume with --resume",
-                       frozen=frozen, n_train=len(splits.train))
+        summary = _write_summary(ctx, cfg, status="interrupted", stopped="interrupted (Ctrl-C); resume with --resume",
+                                 frozen=frozen, n_train=len(splits.train))
+        _ended(callbacks, ctx, summary, "interrupted")
         raise
-    except RuntimeError as exc:
-        if "out of memory" in str(exc).lower() or "can't allocate" in str(exc).lower():
+    except Exception as exc:
+        _ended(callbacks, ctx, {"error": f"{type(exc).__name__}: {exc}"}, "failed")
+        if isinstance(exc, RuntimeError) and ("out of memory" in str(exc).lower()
+                                              or "can't allocate" in str(exc).lower()):
             raise RunassistError(f"train.batch_size={tc.batch_size} does not fit in memory; try a smaller "
                                  f"batch with train.grad_accum to keep the effective size") from None
         raise
@@ -246,17 +278,23 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True) -> 
     if reference and engine.is_main and state.labels is not None:  # generative tasks: no label mix to watch
         _write_profile(run, task, ctx.bare, processor, reference, state, engine)
     test_scores = None
-    if splits.test is not None:
-        predictions = predict_examples(task, ctx.bare, processor, splits.test, state,
-                                       autocast=engine.autocast())
-        test_scores = task.score(splits.test, predictions, state)
-        if engine.is_main:
-            write_eval(run, runs.split_name(cfg.data.test), task, splits.test, predictions, test_scores)
-    in_sync = engine.replicas_in_sync(model)
-    if in_sync is False:
-        raise RunassistError("processes ended with different weights; the run is not trustworthy")
-    summary = _write_summary(ctx, cfg, status="finished", stopped=stopped, frozen=frozen,
-                             n_train=len(splits.train), test=test_scores, replicas_in_sync=in_sync)
+    try:
+        if splits.test is not None:
+            predictions = predict_examples(task, ctx.bare, processor, splits.test, state,
+                                           autocast=engine.autocast())
+            test_scores = task.score(splits.test, predictions, state)
+            if engine.is_main:
+                write_eval(run, runs.split_name(cfg.data.test), task, splits.test, predictions, test_scores)
+        in_sync = engine.replicas_in_sync(model)
+        if in_sync is False:
+            raise RunassistError("processes ended with different weights; the run is not trustworthy")
+        summary = _write_summary(ctx, cfg, status="finished", stopped=stopped, frozen=frozen,
+                                 n_train=len(splits.train), test=test_scores, replicas_in_sync=in_sync)
+    except BaseException as exc:
+        _ended(callbacks, ctx, {"error": f"{type(exc).__name__}: {exc}"},
+               "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
+    _ended(callbacks, ctx, summary, "finished")
     engine.wait()
     return RunResult(run=run, summary=summary)
 
@@ -289,6 +327,11 @@ def _threads_seen(facts: dict[str, Any], configured: int | None) -> dict[str, An
     cpu = facts.get("cpu") or {}
     return {"set_by": "config" if configured else "free cores",
             **{k: cpu.get(k) for k in ("cores_usable", "busy_cores", "others_cores", "busy_source", "load_1m")}}
+
+
+def _ended(callbacks: list[Callback], ctx: TrainContext, summary: dict[str, Any], status: str) -> None:
+    for cb in callbacks:
+        cb.on_end(ctx, summary, status=status)
 
 
 def _create_run(cfg: Config, engine: Engine, facts: dict[str, Any]) -> Path:

@@ -1,0 +1,1 @@
+"""Hyperparameter search: ``runassist search CONFIG --trials N`` (``study.search``)."""
