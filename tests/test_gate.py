@@ -129,7 +129,7 @@ def test_gate_refuses_a_candidate_better_overall_but_worse_on_one_label():
     assert result["overall"]["b"] > result["overall"]["a"] + 0.05  # clearly better overall ...
     assert result["overall"]["passed"]
     rows = {r["label"]: r for r in result["per_label"]}
-    assert not rows["LOC"]["passed"] and rows["LOC"]["judged"]  # ... but LOC is significantly worse
+    assert not rows["LOC"]["passed"] and rows["LOC"]["rule"] == "non-inferiority"  # ... but LOC is worse
     assert rows["LOC"]["ci_high"] < 0
     assert rows["PER"]["passed"] and rows["ORG"]["passed"]
     assert not result["passed"] and any("LOC" in r for r in result["reasons"])
@@ -149,7 +149,25 @@ def test_gate_passes_an_identical_model_and_judges_only_supported_labels():
     assert all(r["diff"] == 0 and r["passed"] for r in result["per_label"])
     few = _judge_set(task, "test", examples, preds, list(preds), LABELS, GateConfig(min_support=10_000),
                      mode_min=False)
-    assert not any(r["judged"] for r in few["per_label"])
+    assert {r["rule"] for r in few["per_label"]} == {"significant drop"} and few["passed"]
+
+
+def test_small_labels_and_further_sets_refuse_only_a_significant_drop():
+    task, examples = _ner_task(), _sentences(240, seed=6)
+    champion = _predict(examples, {"PER": 0.80, "LOC": 0.80, "ORG": 0.80}, seed=2)
+    slightly = _predict(examples, {"PER": 0.80, "LOC": 0.76, "ORG": 0.80}, seed=2)  # a little worse on LOC, in noise
+    gate = GateConfig(epsilon=0.01, min_support=1000, samples=400, seed=1)  # every label is "small" here
+    primary = _judge_set(task, "test", examples, champion, slightly, LABELS, gate, mode_min=False)
+    loc = {r["label"]: r for r in primary["per_label"]}["LOC"]
+    assert loc["rule"] == "significant drop" and loc["ci_low"] < -0.01 <= 0 <= loc["ci_high"] and loc["passed"]
+    assert primary["overall"]["rule"] == "non-inferiority"  # the test split's headline is always held to epsilon
+    further = _judge_set(task, "feedback", examples, champion, slightly, LABELS, gate, mode_min=False, primary=False)
+    assert further["overall"]["rule"] == "significant drop" and further["passed"]
+    collapsed = _predict(examples, {"PER": 0.80, "LOC": 0.20, "ORG": 0.80}, seed=2)
+    worse = _judge_set(task, "feedback", examples, champion, collapsed, LABELS, gate, mode_min=False, primary=False)
+    loc = {r["label"]: r for r in worse["per_label"]}["LOC"]
+    assert not loc["passed"] and loc["ci_high"] < 0
+    assert any("significantly worse" in r for r in worse["reasons"])
 
 
 def test_gate_settings_are_checked(tmp_path):
