@@ -41,6 +41,33 @@ async def read_json(request: Request, limit: int) -> Any:
         raise ApiError(400, "bad_json", "the body's JSON is nested too deeply") from None
 
 
+async def read_files(request: Request, limit: int, max_files: int) -> list[tuple[bytes, str]]:
+    """A multipart/form-data body's ``file`` parts as (bytes, file name): 413 above ``limit`` bytes in all
+    (read before parsing), 422 when it holds no file or does not parse."""
+    from starlette.formparsers import MultiPartException
+
+    body = await _read_body(request, limit)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, receive).form(max_files=max_files, max_fields=max_files)
+    except MultiPartException as exc:
+        raise ApiError(422, "invalid_input", f"the multipart body does not parse ({exc.message})") from None
+    try:
+        files = []
+        for i, part in enumerate(form.getlist("file")):
+            if isinstance(part, str):
+                raise ApiError(422, "invalid_input", f"'file' part {i} is a text field, not a file upload")
+            files.append((await part.read(), part.filename or f"file {i}"))
+        if not files:
+            raise ApiError(422, "invalid_input", "no 'file' parts: upload the files as -F file=@a.png")
+        return files
+    finally:
+        await form.close()
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:

@@ -22,13 +22,14 @@ from runassist.errors import ConfigError, RunassistError
 from runassist.tasks.base import Task
 from runassist.tasks.chat import ChatTask
 from runassist.tasks.classify import ClassifyTask
+from runassist.tasks.image import ImageTask
 from runassist.tasks.ner import NerTask
 from runassist.tasks.qa import QATask
 from runassist.tasks.relations import RelationsTask
 from runassist.tasks.seq2seq import Seq2SeqTask
 
 TASKS: dict[str, type] = {"ner": NerTask, "classify": ClassifyTask, "qa": QATask, "relations": RelationsTask,
-                         "chat": ChatTask, "seq2seq": Seq2SeqTask}
+                         "chat": ChatTask, "seq2seq": Seq2SeqTask, "image": ImageTask}
 ENTRY_POINTS = "runassist.tasks"
 
 
