@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-COLOURS = {"red": (200, 30, 30), "blue": (30, 30, 200)}
+# Told apart by brightness, which survives conversion to grayscale, CMYK and back.
+COLOURS = {"light": (220, 190, 170), "dark": (50, 40, 60)}
 
 
 def build_tiny_vit_dir(folder: Path, *, size: int = 16, mean: float = 0.4, std: float = 0.3) -> Path:
