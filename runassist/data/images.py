@@ -62,10 +62,16 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     """Bytes -> a fully decoded PIL image. The size is read from the header first: over ``max_pixels``
     raises MediaTooLarge before any pixel is decoded (decompression bombs); unreadable or truncated
     data raises ValueError naming ``name``."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(data))  # lazy: reads the header only
+        with warnings.catch_warnings():  # PIL's own bomb guard (Image.MAX_IMAGE_PIXELS) as an error too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # lazy: reads the header only
+    except Image.DecompressionBombWarning as exc:
+        raise MediaTooLarge(f"{name}: {exc}") from None
     except UnidentifiedImageError:
         raise ValueError(f"{name}: not an image PIL can read") from None
     except Image.DecompressionBombError as exc:
