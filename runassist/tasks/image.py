@@ -337,7 +337,7 @@ class ImageTask(ClassifyTask):
             report.errors.append(f"{name}: {bad - 20} more unreadable images ({bad} in all)")
         stats.length = percentiles(sides)
         target = "L" if self._channels == 1 else "RGB"
-        if len(modes) > 1 or (modes and set(modes) != {target}):
+        if len(modes) > 1:  # one mode throughout (grayscale digits) is converted just the same, and is no surprise
             counts = ", ".join(f"{mode} {n}" for mode, n in sorted(modes.items()))
             report.warnings.append(f"{name}: image modes {counts}; all are converted to {target} for the model "
                                    "(transparency over white)")
