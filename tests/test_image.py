@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import io
 import json
 import struct
 import zlib
@@ -15,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from image_helpers import build_tiny_lite_dir, build_tiny_vit_dir, colour_image, write_image_folder
 
 torch.set_num_threads(1)
@@ -428,3 +426,21 @@ def test_resume_draws_the_augmentations_an_uninterrupted_run_draws(tmp_path, mon
     resumed = train(cfg("cut"), resume=tmp_path / "runs" / "cut", progress=False).run
     a, b = load_file(str(whole / "model" / "model.safetensors")), load_file(str(resumed / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_over_the_memory_budget_images_are_decoded_per_batch(tmp_path, predictor):
+    """task.memory_mb: 0 keeps no pixels in the features; each batch decodes its files, to the same tensor."""
+    import dataclasses
+
+    from runassist.tasks import make_task
+
+    (tmp_path / "a.png").write_bytes(colour_image("light", 4, size=(30, 20)))
+    cfg = predictor.cfg
+    lean = make_task(cfg.model_copy(update={"task": cfg.task.model_copy(update={"memory_mb": 0})}))
+    example = predictor.task.read(str(tmp_path / "a.png"), require_labels=False)[0]
+    kept = predictor.task.encode([example], predictor.processor, predictor.state)
+    lazy = lean.encode([example], predictor.processor, predictor.state)
+    assert "pixels" in kept[0].inputs and set(lazy[0].inputs) == {"image"}
+    assert torch.equal(predictor.task.collate(kept, predictor.processor)["pixel_values"],
+                       lean.collate(lazy, predictor.processor)["pixel_values"])
+    assert dataclasses.is_dataclass(lazy[0].inputs["image"])

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,8 +28,17 @@ from pydantic import Field
 
 from runassist.config import TaskSection
 from runassist.data.checks import CheckReport, SplitStats, percentiles
-from runassist.data.images import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageExample, image_format, open_image,
-                                   pil_image, read_folder, read_idx, read_manifest)
+from runassist.data.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    ImageExample,
+    image_format,
+    open_image,
+    pil_image,
+    read_folder,
+    read_idx,
+    read_manifest,
+)
 from runassist.data.records import Split
 from runassist.errors import DataError, RunassistError
 from runassist.tasks.base import Capabilities, Feature, TaskState
@@ -71,7 +81,7 @@ class Prep:
     channels: int
 
     @classmethod
-    def of(cls, processor: Any, channels: int = 3) -> "Prep":
+    def of(cls, processor: Any, channels: int = 3) -> Prep:
         size = dict(getattr(processor, "size", None) or {"height": 224, "width": 224})
         crop = dict(getattr(processor, "crop_size", None) or {}) if getattr(processor, "do_center_crop", False) else {}
         if "height" in size:
@@ -104,10 +114,8 @@ class ImageTask(ClassifyTask):
     capabilities = Capabilities(onnx=True, int8_guard=True)
     peft_task_type = None  # the head is replaced by runassist; freeze layers with train.freeze instead
     tool_name = "classify_image"
-    label_word = "label"
     media = "image"
     media_suffixes = IMAGE_SUFFIXES
-    onnx_outputs = {"logits": ("batch", None)}
 
     def __init__(self, section: ImageSection, data: Any, model: Any):
         super().__init__(section, data, model)  # multi_label, headline: as text classification
