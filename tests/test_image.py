@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import json
 import struct
 import zlib
@@ -444,3 +445,31 @@ def test_over_the_memory_budget_images_are_decoded_per_batch(tmp_path, predictor
     assert torch.equal(predictor.task.collate(kept, predictor.processor)["pixel_values"],
                        lean.collate(lazy, predictor.processor)["pixel_values"])
     assert dataclasses.is_dataclass(lazy[0].inputs["image"])
+
+
+@pytest.mark.parametrize("kind", ["ConvNextImageProcessor", "ViTImageProcessor", "BitImageProcessor"])
+def test_preprocessing_matches_the_models_own_processor(tmp_path, kind):
+    """Done by hand (the uint8 pixels are kept between resize and normalise), it gives the processor's
+    pixel_values: ConvNeXt's shortest edge / crop_pct then center crop, ViT's fixed height and width,
+    BiT's (ResNet's) shortest edge then crop_size."""
+    import transformers
+    from PIL import Image
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    from runassist.tasks import load_config, make_task
+    from runassist.tasks.base import TaskState
+
+    ConvNextForImageClassification(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)).save_pretrained(
+        tmp_path)
+    settings = {"ConvNextImageProcessor": {"size": {"shortest_edge": 64}, "crop_pct": 0.875},
+                "ViTImageProcessor": {"size": {"height": 48, "width": 40}},
+                "BitImageProcessor": {"size": {"shortest_edge": 56}, "crop_size": {"height": 48, "width": 48}}}[kind]
+    getattr(transformers, kind)(**settings, image_mean=[0.3, 0.4, 0.5], image_std=[0.2, 0.25, 0.3]).save_pretrained(
+        tmp_path)
+    task = make_task(load_config(None, ["task=image", f"model.source={tmp_path}"]))
+    processor = task.load_processor(str(tmp_path))
+    data = colour_image("light", 1, size=(100, 60))
+    ours = task.collate(task.encode([task.media_example(data, "x.png")], processor, TaskState(labels=["a"])),
+                        processor)["pixel_values"]
+    theirs = processor(images=[Image.open(io.BytesIO(data)).convert("RGB")], return_tensors="pt")["pixel_values"]
+    assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)

@@ -230,7 +230,8 @@ class ImageTask(ClassifyTask):
             if isinstance(prep.resize_to, int):
                 w, h = image.size
                 short = prep.resize_to
-                image = image.resize((max(short, round(w * short / min(w, h))), max(short, round(h * short / min(w, h)))),
+                # the longer side truncated, as transformers' get_resize_output_image_size does
+                image = image.resize((max(short, int(w * short / min(w, h))), max(short, int(h * short / min(w, h)))),
                                      resample=Image.Resampling(prep.resample))
             else:
                 image = image.resize((prep.resize_to[1], prep.resize_to[0]), resample=Image.Resampling(prep.resample))
