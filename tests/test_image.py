@@ -274,7 +274,8 @@ def test_service_takes_base64_and_multipart_and_refuses_bombs(predictor):
     from runassist.serve import ServeSettings, create_app
 
     light, dark = colour_image("light", 11), colour_image("dark", 12)
-    with TestClient(create_app(predictor, settings=ServeSettings(max_wait_ms=1, max_file_bytes=200_000))) as client:
+    with TestClient(create_app(predictor, settings=ServeSettings(max_wait_ms=1, max_file_bytes=200_000,
+                                                                    max_media_bytes=1_000_000))) as client:
         info = client.get("/v1/model").json()
         assert info["media"] == "image" and ".png" in info["media_suffixes"]
         schema = client.get("/v1/tools").json()["function"]["parameters"]["properties"]["inputs"]["items"]
@@ -298,6 +299,10 @@ def test_service_takes_base64_and_multipart_and_refuses_bombs(predictor):
             assert "10000x10000" in response.json()["error"]["message"]
         big = client.post("/v1/predict", files={"file": ("big.png", b"\0" * 300_000, "image/png")})
         assert big.status_code == 413 and big.json()["error"]["limit"] == "max_file_bytes"
+        huge = client.post("/v1/predict", json={"inputs": [{"base64": "A" * 1_100_000}]})
+        assert huge.status_code == 413 and huge.json()["error"]["limit"] == "max_media_bytes"
+        within = client.post("/v1/predict", json={"inputs": [{"base64": "A" * 900_000}]})  # body fits, file does not
+        assert within.status_code == 413 and within.json()["error"]["limit"] == "max_file_bytes"
         broken = client.post("/v1/predict", files={"file": ("cut.png", _truncated_png(), "image/png")})
         assert broken.status_code == 422 and "cut.png" in broken.json()["error"]["message"]
         bad = client.post("/v1/predict", json={"inputs": [{"base64": "%%%", "name": "x.png"}]})

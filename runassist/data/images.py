@@ -67,11 +67,9 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():  # PIL's own bomb guard (Image.MAX_IMAGE_PIXELS) as an error too
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():  # PIL's own guard (Image.MAX_IMAGE_PIXELS) is applied below, as an error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))  # lazy: reads the header only
-    except Image.DecompressionBombWarning as exc:
-        raise MediaTooLarge(f"{name}: {exc}") from None
     except UnidentifiedImageError:
         raise ValueError(f"{name}: not an image PIL can read") from None
     except Image.DecompressionBombError as exc:
@@ -79,8 +77,9 @@ def open_image(data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     except OSError as exc:
         raise ValueError(f"{name}: unreadable image ({exc})") from None
     width, height = image.size
-    if width * height > max_pixels:
-        raise MediaTooLarge(f"{name}: {width}x{height} is {width * height:,} pixels; at most {max_pixels:,}")
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    if width * height > limit:
+        raise MediaTooLarge(f"{name}: {width}x{height} is {width * height:,} pixels; at most {limit:,}")
     try:
         image.load()
     except Image.DecompressionBombError as exc:

@@ -176,6 +176,7 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
 
     media = getattr(predictor.task, "media", None)
     body_limit = settings.max_media_bytes if media else settings.max_body_bytes
+    limit_name = "max_media_bytes" if media else "max_body_bytes"
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> JSONResponse:
@@ -189,7 +190,7 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings()) -> 
                 # Decoding an image takes milliseconds to a second: off the event loop.
                 examples = await asyncio.to_thread(check_files, files, predictor, limits=settings.limits)
             else:
-                data = await read_json(request, body_limit)
+                data = await read_json(request, body_limit, limit_name)
                 if media:
                     examples = await asyncio.to_thread(check_inputs, data, predictor, limits=settings.limits)
                 else:

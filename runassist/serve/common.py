@@ -30,9 +30,9 @@ def error_response(status: int, code: str, message: str, *, limit: str | None = 
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON: 413 above ``limit`` bytes, 400 when it is not JSON."""
-    body = await _read_body(request, limit)
+async def read_json(request: Request, limit: int, limit_name: str = "max_body_bytes") -> Any:
+    """The body as JSON: 413 above ``limit`` bytes (the setting ``limit_name``), 400 when it is not JSON."""
+    body = await _read_body(request, limit, limit_name)
     try:
         return json.loads(body)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
@@ -46,7 +46,7 @@ async def read_files(request: Request, limit: int, max_files: int) -> list[tuple
     (read before parsing), 422 when it holds no file or does not parse."""
     from starlette.formparsers import MultiPartException
 
-    body = await _read_body(request, limit)
+    body = await _read_body(request, limit, "max_media_bytes")
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
@@ -68,19 +68,19 @@ async def read_files(request: Request, limit: int, max_files: int) -> list[tuple
         await form.close()
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, name: str = "max_body_bytes") -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a number")
         if int(declared) > limit:
-            raise ApiError(413, "body_too_large", f"the body has {declared} bytes; at most max_body_bytes={limit}",
-                           limit="max_body_bytes", value=limit)
+            raise ApiError(413, "body_too_large", f"the body has {declared} bytes; at most {name}={limit}",
+                           limit=name, value=limit)
     chunks, size = [], 0
     async for chunk in request.stream():  # chunked bodies have no Content-Length: count as they come
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "body_too_large", f"the body is larger than max_body_bytes={limit}",
-                           limit="max_body_bytes", value=limit)
+            raise ApiError(413, "body_too_large", f"the body is larger than {name}={limit}",
+                           limit=name, value=limit)
         chunks.append(chunk)
     return b"".join(chunks)
