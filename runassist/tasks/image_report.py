@@ -39,13 +39,14 @@ def errors_section(scores: dict[str, Any] | None, predictions: Path | None, imag
     cells = []
     for row in wrong[:shown]:
         thumb = _thumbnail(str(row.get("source") or ""), arrays)
-        picture = (f'<img alt="{e(row.get("file", ""))}" src="data:image/png;base64,{thumb}">' if thumb
+        picture = (f'<img alt="{e(row.get("file", ""))}" style="width:{THUMB}px;image-rendering:pixelated" '
+                   f'src="data:image/png;base64,{thumb}">' if thumb
                    else '<span class="missing">(image not found)</span>')
         gold = ", ".join(row.get("gold") or []) or "(none)"
         predicted = ", ".join(row.get("labels") or []) or "(none)"
-        cells.append(f'<figure class="thumb">{picture}<figcaption>true: {e(gold)}<br>'
+        cells.append(f'<figure class="thumb" style="width:{THUMB + 40}px;margin:0">{picture}<figcaption>true: {e(gold)}<br>'
                      f'<span class="bad">predicted: {e(predicted)}</span> ({row["confidence"]:.2f})<br>'
-                     f'<span class="small">{e(Path(str(row.get("file", ""))).name)}</span></figcaption></figure>')
+                     f'<span class="small" style="word-break:break-all">{e(Path(str(row.get("file", ""))).name)}</span></figcaption></figure>')
     parts.append(f'<p class="small">{len(wrong)} of {n} test images are wrong; the {len(cells)} the model was '
                  "surest of:</p>")
     parts.append('<div class="grid" style="display:flex;flex-wrap:wrap;gap:8px">' + "".join(cells) + "</div>")
