@@ -76,5 +76,6 @@ demo-image: setup fashion-mnist
 	$(BIN)/runassist check-data examples/image-fashion-mnist.yaml
 	full=$$($(BIN)/runassist train examples/image-fashion-mnist.yaml --quiet) && \
 	head=$$($(BIN)/runassist train examples/image-fashion-mnist.yaml train.freeze=head_only --quiet) && \
-	$(BIN)/runassist runs compare $$head $$full && \
-	echo "full fine-tuning: $$full   head only: $$head (report.html in each)"
+	$(BIN)/runassist runs show $$full && $(BIN)/runassist runs show $$head && \
+	echo "full fine-tuning: $$full   head only: $$head (report.html in each; \
+	\`runassist runs compare $$head $$full\` scores both on all 10,000 test images, minutes on a CPU)"
