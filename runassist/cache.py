@@ -52,7 +52,9 @@ def cached_encode(task: Any, examples: Sequence[Any], processor: Any, state: Tas
     ``cache_dir=None`` switches the cache off. A cache that cannot be written (read-only
     folder, full disk) is skipped silently: the cache is an optimisation, never a failure.
     """
-    if cache_dir is None or not examples:
+    if cache_dir is None or not examples or getattr(task, "media", None):
+        # Media features are decoded pixels or samples: megabytes of base64 per split in a JSON-lines
+        # file would cost more to write and parse than decoding the files again.
         return task.encode(examples, processor, state)
     key = cache_key(task, examples, processor, state, key_parts or {})
     path = Path(cache_dir) / "features" / f"{key}.jsonl"

@@ -257,7 +257,7 @@ def _print_scores(scores: dict, *, title: str) -> None:
 
 @app.command()
 def predict(run: str = typer.Argument(..., help="a run folder, or FIRST,SECOND to chain two (NER_RUN,RELATIONS_RUN)"),
-            source: str = typer.Argument(..., metavar="INPUT", help="file, or - for stdin"),
+            source: str = typer.Argument(..., metavar="INPUT", help="file, or - for stdin; for an image or audio model also a media file, a folder of them, or a list of their paths"),
             output: Optional[str] = typer.Option(None, "-o", "--output", help="file (default: stdout)"),
             fmt: str = typer.Option("auto", "--format", help="auto | jsonl | csv | the task's own (conll for NER)"),
             backend: str = typer.Option("torch", "--backend", help="torch | onnx"),

@@ -79,12 +79,20 @@ class Predictor:
 
     # -- predicting ---------------------------------------------------------
     def examples(self, inputs: Sequence[Any]) -> list[Any]:
+        """Inputs as the task takes them; for a media task (``task.media``), also files as
+        ``{"base64": ..., "name": ...}`` objects, decoded here and given to ``task.media_example``.
+        A ValueError (MediaTooLarge for an over-size file) names the input."""
+        media = getattr(self.task, "media", None)
         out = []
         for i, item in enumerate(inputs):
             try:
-                out.append(self.task.example_from_input(item))
+                if media and isinstance(item, dict) and "base64" in item:
+                    data, name = decode_base64_input(item, default_name=f"inputs[{i}]")
+                    out.append(self.task.media_example(data, name))
+                else:
+                    out.append(self.task.example_from_input(item))
             except ValueError as exc:
-                raise ValueError(f"inputs[{i}]: {exc}") from None
+                raise type(exc)(f"inputs[{i}]: {exc}") from None
         return out
 
     def predict_examples(self, examples: Sequence[Any]) -> list[Any]:
@@ -101,9 +109,85 @@ class Predictor:
     def info(self) -> dict[str, Any]:
         summary = read_json(self.run / "summary.json") if (self.run / "summary.json").exists() else {}
         return {"run": self.run.name, "task": self.task.name, "title": self.task.title, "labels": self.state.labels,
+                "media": getattr(self.task, "media", None),
+                "media_suffixes": list(getattr(self.task, "media_suffixes", ()) or ()),
                 "labels_summary": self.task.labels_summary(self.state.labels),
                 "base_model": self.cfg.model.source, "backend": self.backend,
                 "metrics": {"best": summary.get("best"), "dev": summary.get("dev"), "test": summary.get("test")}}
+
+
+def decode_base64_input(item: dict[str, Any], *, default_name: str = "upload") -> tuple[bytes, str]:
+    """``{"base64": "<data>", "name": "a.png"}`` (a ``data:image/png;base64,`` prefix allowed) -> (bytes, name)."""
+    import base64
+    import binascii
+
+    unknown = set(item) - {"base64", "name"}
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; a file input has keys: base64, name")
+    data, name = item.get("base64"), item.get("name", default_name)
+    if not isinstance(data, str) or not isinstance(name, str):
+        raise ValueError('a file input is {"base64": "<the file in base64>", "name": "optional.png"} (strings)')
+    if data.startswith("data:"):
+        header, comma, data = data.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise ValueError("a data: URL must be base64-encoded (data:<type>;base64,<data>)")
+    try:
+        raw = base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{name}: 'base64' is not valid base64") from None
+    if not raw:
+        raise ValueError(f"{name}: the file is empty")
+    return raw, name
+
+
+def media_files(root: Path, suffixes: Sequence[str]) -> list[Path]:
+    """Files under ``root`` (recursive) with one of ``suffixes``, sorted; hidden ones skipped."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def is_media_input(task: Any, source: str) -> bool:
+    """A media task's ``predict`` input that is files rather than its own data format: a media file, a
+    folder of them, or a plain list of paths (stdin, or a file that is not a manifest the task reads)."""
+    if not getattr(task, "media", None):
+        return False
+    if source == "-":
+        return True
+    path = Path(source)
+    return path.is_dir() or path.suffix.lower() in task.media_suffixes or path.suffix.lower() in (".txt", ".lst", "")
+
+
+def read_media(task: Any, source: str) -> list[Any]:
+    """The examples of a media file, a folder of them (recursive, sorted, by ``task.media_suffixes``), or
+    a list of paths, one a line (relative to the list file; to the working folder on stdin). Every file's
+    bytes go through ``task.media_example``. An unreadable file stops prediction with its name: a folder's
+    predictions with files silently missing would read as complete (`check-data` lists every bad file)."""
+    if source == "-":
+        files = [Path(line.strip()) for line in _read_lines("-")]
+    else:
+        path = Path(source)
+        if path.is_dir():
+            files = media_files(path, task.media_suffixes)
+            if not files:
+                raise DataError(path, None, f"no {task.media} files ({', '.join(task.media_suffixes)}) in this folder")
+        elif path.suffix.lower() in task.media_suffixes:
+            files = [path]
+        else:
+            if not path.is_file():
+                raise DataError(source, None, "file not found")
+            files = [path.parent / line.strip() for line in _read_lines(source)]
+    examples = []
+    for file in files:
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise DataError(file, None, f"cannot read ({exc.strerror})") from None
+        try:
+            examples.append(task.media_example(data, str(file)))
+        except ValueError as exc:
+            message = str(exc)
+            raise DataError(file, None, message.removeprefix(f"{file}: ")) from None
+    return examples
 
 
 def _trained_precision(run: Path) -> str:
@@ -128,21 +212,24 @@ def predict_file(predictor: Predictor, source: str, output: str | None = None, *
     Returns the number of items predicted.
     """
     task = predictor.task
-    kind = _input_kind(source)
+    media = is_media_input(task, source)
+    kind = "media" if media else _input_kind(source)
     formats = task.output_formats
     if fmt == "auto":
         fmt = "conll" if kind == "conll" and "conll" in formats else "csv" if kind in ("csv", "tsv") else "jsonl"
     if fmt not in formats:
         raise RunassistError(f"--format {fmt!r}: a {task.name} run writes {', '.join(('auto', *formats))}")
     rows = None
-    if kind in ("csv", "tsv"):
+    if media:
+        examples = read_media(task, source)
+    elif kind in ("csv", "tsv") and not getattr(task, "media", None):
         rows, header = _read_table(source, kind)
         for name in task.input_columns():
             if name not in header:
                 raise DataError(source, 1, f"no '{name}' column (data.text_column / data.text_pair_column of the "
                                            f"run's config); columns: {', '.join(header)}")
         examples = [task.example_from_row(r) for r in rows]
-    elif kind in ("conll", "jsonl"):
+    elif kind in ("conll", "jsonl") or getattr(task, "media", None):  # a media task's manifest or IDX file
         examples = task.read(source, require_labels=False)
     else:
         examples = predictor.examples(_read_lines(source))
@@ -151,6 +238,8 @@ def predict_file(predictor: Predictor, source: str, output: str | None = None, *
         text = "".join(json.dumps(task.to_json(ex, p), ensure_ascii=False) + "\n" for ex, p in zip(examples, predictions))
     elif fmt == "csv":
         results = [task.to_json(ex, p) for ex, p in zip(examples, predictions)]
+        if rows is None and getattr(task, "media", None):  # the file name first, then the prediction
+            rows = [{"file": r.pop("file", getattr(e, "name", ""))} for r, e in zip(results, examples)]
         text = _table_text(rows if rows is not None else [{"text": getattr(e, "text", "")} for e in examples],
                            results, delimiter="\t" if kind == "tsv" else ",")
     else:

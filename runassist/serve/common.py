@@ -30,9 +30,9 @@ def error_response(status: int, code: str, message: str, *, limit: str | None = 
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON: 413 above ``limit`` bytes, 400 when it is not JSON."""
-    body = await _read_body(request, limit)
+async def read_json(request: Request, limit: int, limit_name: str = "max_body_bytes") -> Any:
+    """The body as JSON: 413 above ``limit`` bytes (the setting ``limit_name``), 400 when it is not JSON."""
+    body = await _read_body(request, limit, limit_name)
     try:
         return json.loads(body)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
@@ -41,19 +41,46 @@ async def read_json(request: Request, limit: int) -> Any:
         raise ApiError(400, "bad_json", "the body's JSON is nested too deeply") from None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_files(request: Request, limit: int, max_files: int) -> list[tuple[bytes, str]]:
+    """A multipart/form-data body's ``file`` parts as (bytes, file name): 413 above ``limit`` bytes in all
+    (read before parsing), 422 when it holds no file or does not parse."""
+    from starlette.formparsers import MultiPartException
+
+    body = await _read_body(request, limit, "max_media_bytes")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, receive).form(max_files=max_files, max_fields=max_files)
+    except MultiPartException as exc:
+        raise ApiError(422, "invalid_input", f"the multipart body does not parse ({exc.message})") from None
+    try:
+        files = []
+        for i, part in enumerate(form.getlist("file")):
+            if isinstance(part, str):
+                raise ApiError(422, "invalid_input", f"'file' part {i} is a text field, not a file upload")
+            files.append((await part.read(), part.filename or f"file {i}"))
+        if not files:
+            raise ApiError(422, "invalid_input", "no 'file' parts: upload the files as -F file=@a.png")
+        return files
+    finally:
+        await form.close()
+
+
+async def _read_body(request: Request, limit: int, name: str = "max_body_bytes") -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a number")
         if int(declared) > limit:
-            raise ApiError(413, "body_too_large", f"the body has {declared} bytes; at most max_body_bytes={limit}",
-                           limit="max_body_bytes", value=limit)
+            raise ApiError(413, "body_too_large", f"the body has {declared} bytes; at most {name}={limit}",
+                           limit=name, value=limit)
     chunks, size = [], 0
     async for chunk in request.stream():  # chunked bodies have no Content-Length: count as they come
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "body_too_large", f"the body is larger than max_body_bytes={limit}",
-                           limit="max_body_bytes", value=limit)
+            raise ApiError(413, "body_too_large", f"the body is larger than {name}={limit}",
+                           limit=name, value=limit)
         chunks.append(chunk)
     return b"".join(chunks)

@@ -24,13 +24,15 @@ from runassist.tasks.audio import AudioTask
 from runassist.tasks.base import Task
 from runassist.tasks.chat import ChatTask
 from runassist.tasks.classify import ClassifyTask
+from runassist.tasks.image import ImageTask
 from runassist.tasks.ner import NerTask
 from runassist.tasks.qa import QATask
 from runassist.tasks.relations import RelationsTask
 from runassist.tasks.seq2seq import Seq2SeqTask
 
 TASKS: dict[str, type] = {"ner": NerTask, "classify": ClassifyTask, "qa": QATask, "relations": RelationsTask,
-                         "chat": ChatTask, "seq2seq": Seq2SeqTask, "audio": AudioTask, "asr": AsrTask}
+                         "chat": ChatTask, "seq2seq": Seq2SeqTask, "image": ImageTask, "audio": AudioTask,
+                         "asr": AsrTask}
 ENTRY_POINTS = "runassist.tasks"
 
 

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from runassist.tasks.base import Feature
@@ -51,12 +52,17 @@ def plan(n_batches: int, *, grad_accum: int, epochs: float, max_steps: int | Non
 
 
 def train_steps(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, engine: Engine,
-                features: Sequence[Feature], collate: Callable[[Sequence[Feature]], dict],
+                features: Sequence[Feature], collate: Callable[[Sequence[Feature], np.random.Generator], dict],
                 forward: Callable[[torch.nn.Module, dict], Any], loss_fn: Callable[[Any, dict], torch.Tensor],
                 batch_size: int, grad_accum: int, grad_clip: float | None, seed: int, group_by_length: bool,
                 total_steps: int, start: Position = Position()) -> Iterator[StepInfo]:
     """``forward(model, batch)`` runs under the engine's autocast; ``loss_fn(outputs, batch)`` outside
-    it, in float32 (the task's ``forward`` and ``loss``)."""
+    it, in float32 (the task's ``forward`` and ``loss``).
+
+    ``collate(features, rng)`` gets a numpy Generator for the batch's augmentation, seeded from
+    (seed, epoch, batch, rank): like the batch order, a pure function of the position a checkpoint
+    saves, so ``--resume`` draws exactly the augmentations an uninterrupted run draws, with no
+    generator state to pickle."""
     lengths = [f.size for f in features]
     autocast = engine.autocast()
     position = start
@@ -73,7 +79,8 @@ def train_steps(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sch
             total_loss = torch.zeros((), device=engine.device)
             tokens = padded = 0
             for i, idx in enumerate(group):
-                batch = collate([features[j] for j in idx])
+                rng = np.random.default_rng([seed, position.epoch, cursor + i, engine.rank])
+                batch = collate([features[j] for j in idx], rng)
                 batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
                 with engine.no_sync(model, skip=i < len(group) - 1):
                     with autocast():

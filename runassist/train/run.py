@@ -197,7 +197,8 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True, cal
                  *trackers(cfg.output, every=tc.log_every, parent_run=parent_run), *extra]
     eval_every = tc.eval_every
     loss_fn = lambda outputs, batch: task.loss(outputs, batch, weights)  # noqa: E731
-    collate = lambda fs: task.collate(fs, processor)  # noqa: E731
+    # Training batches get the task's augmentation (training_collate); evaluation uses collate, never augmented.
+    collate = lambda fs, rng: task.training_collate(fs, processor, rng)  # noqa: E731
 
     def evaluate(info: StepInfo) -> None:
         ctx.evaluation_starts(info.epoch_float)

@@ -124,6 +124,68 @@ function renderForm(itemSchema) {
   }
 }
 
+// A model that takes files (GET /v1/model: "media" is "image" or "audio"): a drop zone and a file
+// picker instead of text boxes; the file is shown (an <img>, or an <audio> player) and uploaded as
+// multipart/form-data. Only the kind of media decides the preview, never the task's name.
+function renderMedia(info) {
+  const form = $("fields");
+  if (form.dataset.shape === "media") return;
+  form.dataset.shape = "media";
+  state.fields = null;
+  state.media = info.media;
+  const accept = (info.media_suffixes || []).join(",");
+  const input = el("input", { id: "file-input", type: "file", accept });
+  const zone = el("div", { id: "drop", class: "drop", tabindex: "0" },
+                  `Drop ${info.media === "image" ? "an image" : "a recording"} here, or `,
+                  el("label", { for: "file-input", class: "pick" }, "choose a file"), input);
+  const preview = el("div", { id: "preview", class: "preview" });
+  form.replaceChildren(zone, preview);
+  input.addEventListener("change", () => input.files[0] && chooseFile(input.files[0]));
+  zone.addEventListener("dragover", (ev) => { ev.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    zone.classList.remove("over");
+    if (ev.dataTransfer.files.length) chooseFile(ev.dataTransfer.files[0]);
+  });
+}
+
+function chooseFile(file) {
+  state.file = file;
+  const url = URL.createObjectURL(file);
+  const shown = state.media === "audio" ? el("audio", { controls: "", src: url })
+                                        : el("img", { id: "preview-image", alt: file.name, src: url });
+  $("preview").replaceChildren(shown, el("div", { class: "muted" }, file.name));
+  predict();
+}
+
+async function predictFile() {
+  if (!state.file) { showError("choose a file first"); return; }
+  showError("");
+  $("submit").disabled = true;
+  $("status").textContent = "predicting…";
+  const started = performance.now();
+  try {
+    const form = new FormData();
+    form.append("file", state.file, state.file.name);
+    const h = state.key ? { "X-API-Key": state.key } : {};  // the browser sets the multipart Content-Type
+    const response = await fetch("v1/predict", { method: "POST", body: form, headers: h });
+    const body = await response.json().catch(() => null);
+    if (!response.ok) throw new Error(body && body.error ? body.error.message : `HTTP ${response.status}`);
+    const prediction = body.predictions[0];
+    if (prediction.probs) renderProbs(prediction);
+    else $("result").replaceChildren();
+    $("raw").textContent = JSON.stringify(prediction, null, 2);
+    $("output").hidden = false;
+    $("status").textContent = `${Math.round(performance.now() - started)} ms`;
+  } catch (e) {
+    showError(e.message);
+    $("status").textContent = "";
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
 function readInput() {
   if (!state.fields) return { item: $("input").value, text: $("input").value };
   const item = {};
@@ -184,6 +246,7 @@ function renderProbs(prediction) {
 }
 
 async function predict() {
+  if (state.media) return predictFile();
   let item, text;
   try { ({ item, text } = readInput()); } catch (e) { showError(e.message); return; }
   if (!text.trim()) { showError("type some text first"); return; }
@@ -314,7 +377,8 @@ function newConversation() {
 async function loadInfo() {
   try {
     const [info, tool] = await Promise.all([api("v1/model"), api("v1/tools")]);
-    renderForm(((tool.function.parameters.properties || {}).inputs || {}).items);
+    if (info.media) renderMedia(info);
+    else renderForm(((tool.function.parameters.properties || {}).inputs || {}).items);
     renderInfo(info);
     $("chat").hidden = !info.streams;  // a model that generates text: a conversation, not one prediction
     $("try").hidden = !!info.streams;
