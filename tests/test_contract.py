@@ -240,6 +240,13 @@ def _seq2seq_data(tmp: Path) -> tuple[list[str], list, str]:
 
 
 
+def _file_input(path: Path) -> dict:
+    """A file as the service and the library take it: base64 and its name (its path, for `predict`)."""
+    import base64
+
+    return {"base64": base64.b64encode(path.read_bytes()).decode("ascii"), "name": str(path)}
+
+
 def _audio_data(tmp: Path) -> tuple[list[str], list, str]:
     """Two command words said by three espeak-ng voices: trained at two speeds, scored at a third."""
     from speech_helpers import commands, needs_espeak, tiny_audio_classifier
@@ -247,7 +254,7 @@ def _audio_data(tmp: Path) -> tuple[list[str], list, str]:
     if needs_espeak.args[0]:
         pytest.skip(needs_espeak.kwargs["reason"])
     folder = commands()
-    inputs = [str(folder / "test" / word / "en_m3-160.wav") for word in ("yes", "stop")]
+    inputs = [_file_input(folder / "test" / word / "en_m3-160.wav") for word in ("yes", "stop")]
     return [f"data.train={folder / 'train'}", f"data.dev={folder / 'test'}", f"data.test={folder / 'test'}",
             f"model.source={tiny_audio_classifier()}", "train.lr=3e-3", "train.epochs=40",
             "train.early_stopping=null"], inputs, "accuracy"
@@ -260,7 +267,7 @@ def _asr_data(tmp: Path) -> tuple[list[str], list, str]:
     if needs_espeak.args[0]:
         pytest.skip(needs_espeak.kwargs["reason"])
     manifest = ten_digits()
-    inputs = [str(manifest.parent / f"{word}.wav") for word in ("seven", "two")]
+    inputs = [_file_input(manifest.parent / f"{word}.wav") for word in ("seven", "two")]
     return [f"data.train={manifest}", f"data.dev={manifest}", f"data.test={manifest}", f"model.source={tiny_ctc()}",
             "task.freeze_feature_encoder=false", "train.batch_size=10", "train.lr=3e-3", "train.epochs=200",
             "train.eval_every=100", "train.scheduler=constant", "train.early_stopping=null"], inputs, "wer"
