@@ -6,12 +6,11 @@ class, so a model answers the same way everywhere.
 
 from __future__ import annotations
 
-import csv
-import io
+import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
@@ -19,6 +18,9 @@ from runassist.atomic import atomic_write, read_json
 from runassist import runs
 from runassist.errors import DataError, RunassistError
 from runassist.inference import predict_examples
+from runassist.predict_input import DEFAULT_CHUNK_SIZE, input_kind, input_size, read_chunks
+from runassist.predict_output import ResumableOutput, StdoutOutput, chunk_text, empty_text, output_format
+from runassist.predict_progress import Progress
 from runassist.tasks import make_task
 from runassist.tasks.base import TaskState
 
@@ -118,48 +120,70 @@ def _trained_precision(run: Path) -> str:
 
 # -- files ------------------------------------------------------------------
 
-def predict_file(predictor: Predictor, source: str, output: str | None = None, *, fmt: str = "auto") -> int:
-    """Predict every item of a file (or '-' for stdin) and write the results.
+def predict_file(predictor: Predictor, source: str, output: str | None = None, *, fmt: str = "auto",
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, resume: bool = False, workers: int = 1,
+                 quiet: bool = True) -> int:
+    """Predict every item of a file (or '-' for stdin) and write the results, a chunk at a time.
 
     Input: a file the task reads (CoNLL, JSONL; labels, where present, are kept as gold), a
     CSV/TSV (the task's input columns, ``data.text_column`` by default; every column is kept and
     prediction columns are added), or plain text, one input a line. Output: JSONL, CSV/TSV, or a
     format of the task's own (``task.output_formats``, e.g. CoNLL for NER).
-    Returns the number of items predicted.
+
+    Memory is bounded by ``chunk_size`` examples whatever the file's size: each chunk is read,
+    predicted (length-sorted inside the chunk) and written in input order before the next is read.
+    A file output goes through ``OUTPUT.partial`` and ``OUTPUT.progress`` (``predict_output``), so
+    ``resume=True`` continues an interrupted run after its last complete chunk, byte-identical to
+    an uninterrupted one; stdout cannot be resumed. ``workers`` > 1 predicts chunks in that many
+    processes (``predict_workers``), the same bytes in the same order. Returns the number of items.
     """
     task = predictor.task
-    kind = _input_kind(source)
-    formats = task.output_formats
-    if fmt == "auto":
-        fmt = "conll" if kind == "conll" and "conll" in formats else "csv" if kind in ("csv", "tsv") else "jsonl"
-    if fmt not in formats:
-        raise RunassistError(f"--format {fmt!r}: a {task.name} run writes {', '.join(('auto', *formats))}")
-    rows = None
-    if kind in ("csv", "tsv"):
-        rows, header = _read_table(source, kind)
-        for name in task.input_columns():
-            if name not in header:
-                raise DataError(source, 1, f"no '{name}' column (data.text_column / data.text_pair_column of the "
-                                           f"run's config); columns: {', '.join(header)}")
-        examples = [task.example_from_row(r) for r in rows]
-    elif kind in ("conll", "jsonl"):
-        examples = task.read(source, require_labels=False)
+    kind = input_kind(source)
+    fmt = output_format(task, kind, fmt)
+    to_stdout = output in (None, "-")
+    if resume and to_stdout:
+        raise RunassistError("--resume needs an output file (-o): what went to stdout cannot be cut back and continued")
+    if source == "-" and resume:
+        raise RunassistError("--resume needs an input file: stdin cannot be read again")
+    if workers < 1:
+        raise RunassistError(f"--workers {workers}: give 1 or more")
+    if to_stdout:
+        sink: Any = StdoutOutput()
     else:
-        examples = predictor.examples(_read_lines(source))
-    predictions = predictor.predict_examples(examples)
-    if fmt == "jsonl":
-        text = "".join(json.dumps(task.to_json(ex, p), ensure_ascii=False) + "\n" for ex, p in zip(examples, predictions))
-    elif fmt == "csv":
-        results = [task.to_json(ex, p) for ex, p in zip(examples, predictions)]
-        text = _table_text(rows if rows is not None else [{"text": getattr(e, "text", "")} for e in examples],
-                           results, delimiter="\t" if kind == "tsv" else ",")
-    else:
-        text = task.format_output(fmt, examples, predictions)
-    if output in (None, "-"):
-        sys.stdout.write(text)
-    else:
-        atomic_write(Path(output), text)
-    return len(predictions)
+        stat = Path(source).stat() if source != "-" else None
+        signature = {"input": str(Path(source).resolve()) if stat else "-", "input_size": stat.st_size if stat else None,
+                     "input_mtime_ns": stat.st_mtime_ns if stat else None, "run": str(Path(predictor.run).resolve()),
+                     "chunk_size": chunk_size, "format": fmt, "backend": predictor.backend,
+                     "precision": predictor.precision, "batch_size": predictor.batch_size}
+        sink = ResumableOutput(output, signature, resume=resume)
+    done = sink.chunks
+    progress = Progress(total_bytes=input_size(source), label=f"predict {Path(source).name if source != '-' else 'stdin'}",
+                        quiet=quiet, items=sink.items)
+    try:
+        chunks = read_chunks(task, source, chunk_size=chunk_size, skip=done, kind=kind)
+        if workers > 1:
+            from runassist.predict_workers import predict_in_processes
+
+            load = functools.partial(Predictor.from_run, predictor.run, backend=predictor.backend,
+                                     precision=predictor.precision, batch_size=predictor.batch_size)
+            results = predict_in_processes(load, chunks, fmt, workers=workers)
+        else:
+            results = _predict_here(predictor, chunks, fmt)
+        for chunk, text, items in results:
+            sink.write(text, items, chunk.read_bytes)
+            progress.update(items, chunk.read_bytes)
+        sink.finish(empty_text(task, fmt))
+    finally:
+        sink.close()
+    progress.close(chunks=sink.chunks, resumed_from=0 if not done else progress.start_items)
+    return sink.items
+
+
+def _predict_here(predictor: Predictor, chunks: Iterable[Any], fmt: str) -> Iterator[tuple[Any, str, int]]:
+    for chunk in chunks:
+        predictions = predictor.predict_examples(chunk.examples)
+        text = chunk_text(predictor.task, fmt, chunk, predictions)
+        yield chunk, text, len(chunk.examples)
 
 
 def predict_chain(first: Predictor, second: Predictor, items: Sequence[Any]) -> list[dict[str, Any]]:
@@ -181,7 +205,7 @@ def predict_chain(first: Predictor, second: Predictor, items: Sequence[Any]) -> 
 
 def predict_chain_file(first: Predictor, second: Predictor, source: str, output: str | None = None) -> int:
     """Text, one document a line (or '-' for stdin), through two chained runs, as JSON lines."""
-    if _input_kind(source) != "lines":
+    if input_kind(source) != "lines":
         raise DataError(source, None, "chained runs read plain text, one document a line")
     results = predict_chain(first, second, _read_lines(source))
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
@@ -192,65 +216,8 @@ def predict_chain_file(first: Predictor, second: Predictor, source: str, output:
     return len(results)
 
 
-def _input_kind(source: str) -> str:
-    if source == "-":
-        return "lines"
-    path = Path(source)
-    if not path.is_file():
-        raise DataError(source, None, "file not found")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        return "jsonl"
-    if suffix in (".csv", ".tsv"):
-        return suffix[1:]
-    if suffix in (".conll", ".bio", ".iob", ".iob2", ".bioes"):
-        return "conll"
-    return "conll" if _looks_like_conll(path) else "lines"
-
-
-def _looks_like_conll(path: Path) -> bool:
-    """A .txt file is CoNLL when its first non-blank lines are `token ... TAG` with a BIO-style tag."""
-    import re
-
-    tag = re.compile(r"^(O|[BIESUL]-\S+)$")
-    seen = 0
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            parts = line.split()
-            if not parts or parts[0] == "-DOCSTART-":
-                continue
-            if len(parts) < 2 or not tag.match(parts[-1]):
-                return False
-            seen += 1
-            if seen >= 20:
-                break
-    return seen > 0
-
-
 def _read_lines(source: str) -> list[str]:
     text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8-sig")
     from runassist.data.io import split_lines
 
     return [line for line in split_lines(text) if line.strip()]
-
-
-def _read_table(source: str, kind: str) -> tuple[list[dict[str, str]], list[str]]:
-    with open(source, encoding="utf-8-sig", newline="") as handle:  # -sig: Excel's "CSV UTF-8" starts with a BOM
-        reader = csv.DictReader(handle, delimiter="\t" if kind == "tsv" else ",")
-        rows = list(reader)
-        return rows, list(reader.fieldnames or [])
-
-
-def _table_text(rows: Iterable[dict[str, Any]], results: Sequence[dict[str, Any]], *, delimiter: str) -> str:
-    """The rows with the prediction's fields added as ``pred_*`` columns (lists and objects as JSON)."""
-    merged = []
-    for row, result in zip(rows, results):
-        extra = {f"pred_{k}": (v if isinstance(v, (str, int, float)) else json.dumps(v, ensure_ascii=False))
-                 for k, v in result.items() if k not in ("tokens",)}
-        merged.append({**row, **extra})
-    buffer = io.StringIO()
-    if merged:
-        writer = csv.DictWriter(buffer, fieldnames=list(merged[0]), delimiter=delimiter)
-        writer.writeheader()
-        writer.writerows(merged)
-    return buffer.getvalue()
