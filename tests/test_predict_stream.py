@@ -207,3 +207,20 @@ def test_ray_engine_gives_the_default_paths_predictions(predictor, tiny_run, tmp
     assert n == len(texts) == len(rows)
     assert [r["id"] for r in rows] == list(range(len(texts)))  # input order kept
     assert [json.loads(r["prediction"]) for r in rows] == local
+
+
+def test_a_terminal_gets_a_live_bar_with_items_rate_and_eta():
+    from runassist.predict_progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    bar = Progress(total_bytes=1000, label="predict in.txt", stream=screen)
+    bar.update(250, 400)
+    bar.update(250, 1000)
+    bar.close(chunks=2)
+    shown = screen.getvalue()
+    assert "500 items" in shown and "items/s" in shown and "ETA" in shown
+    assert "predict in.txt: 500 items in 2 chunks" in shown
