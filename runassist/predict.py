@@ -21,6 +21,7 @@ from runassist.inference import predict_examples
 from runassist.predict_input import DEFAULT_CHUNK_SIZE, input_kind, input_size, read_chunks
 from runassist.predict_output import ResumableOutput, StdoutOutput, chunk_text, empty_text, output_format
 from runassist.predict_progress import Progress
+from runassist.predict_workers import trim_memory
 from runassist.tasks import make_task
 from runassist.tasks.base import TaskState
 
@@ -194,9 +195,11 @@ def predict_in_chunks(predictor: Predictor, examples: Sequence[Any], chunk_size:
 
 def _predict_here(predictor: Predictor, chunks: Iterable[Any], fmt: str) -> Iterator[tuple[Any, str, int]]:
     for chunk in chunks:
-        predictions = predictor.predict_examples(chunk.examples)
-        text = chunk_text(predictor.task, fmt, chunk, predictions)
-        yield chunk, text, len(chunk.examples)
+        items = len(chunk.examples)
+        text = chunk_text(predictor.task, fmt, chunk, predictor.predict_examples(chunk.examples))
+        chunk.examples, chunk.rows = [], None  # freed before the next chunk is read, not after
+        trim_memory()
+        yield chunk, text, items
 
 
 def predict_chain(first: Predictor, second: Predictor, items: Sequence[Any]) -> list[dict[str, Any]]:

@@ -157,8 +157,12 @@ class ResumableOutput:
         self.progress.unlink(missing_ok=True)
 
     def close(self) -> None:
+        """After ``finish``, or on an error: a run that wrote no chunk leaves nothing to resume behind."""
         if not self.handle.closed:
             self.handle.close()
+            if self.chunks == 0:
+                self.partial.unlink(missing_ok=True)
+                self.progress.unlink(missing_ok=True)
 
 
 def _umask() -> int:

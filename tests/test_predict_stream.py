@@ -107,7 +107,7 @@ def test_errors_name_the_file_and_line(predictor, tmp_path):
     binary.write_bytes(b"john went\nmary \xff went\n")
     with pytest.raises(DataError, match=r"bad\.txt:2: not valid UTF-8"):
         predict_file(predictor, str(binary), str(tmp_path / "out.jsonl"))
-    assert not (tmp_path / "out.jsonl").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "bad.txt"]  # no output, nothing to resume
 
 
 def test_progress_totals_on_stderr_unless_quiet(predictor, tmp_path, capsys):
