@@ -18,7 +18,8 @@ class Progress:
         self._bar: Any = None
         if not quiet and self.stream.isatty():
             from rich.console import Console
-            from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
 
             self._bar = Bar(TextColumn("{task.description}"), BarColumn(),
                             TextColumn("{task.fields[items]:,} items  {task.fields[rate]:,.0f} items/s"),

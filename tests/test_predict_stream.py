@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import WORDS, make_ner_sentences, write_conll
 from legacy_predict import legacy_predict_file
 from serve_fixtures import RUNASSIST, subprocess_env, tiny_run  # noqa: F401  (tiny_run is a fixture)
@@ -184,7 +183,7 @@ def test_two_workers_write_the_bytes_one_writes(predictor, tmp_path):
 def test_ray_engine_gives_the_default_paths_predictions(predictor, tiny_run, tmp_path):  # noqa: F811
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as exc:
         pytest.skip(f"Ray Data is not installed ({exc}); pip install 'runassist[ray]'")
     from runassist.predict_ray import predict_ray
