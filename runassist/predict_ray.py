@@ -66,6 +66,12 @@ def predict_ray(run: str | Path, source: str, output: str, *, workers: int = 2, 
                              "(or 'ray[data]' at the version pyproject.toml pins)") from None
     from runassist.predict_workers import worker_threads
 
+    local = Path(source)
+    if "://" not in source and local.is_file() and local.suffix.lower() not in (".jsonl", ".json", ".parquet"):
+        raise RunassistError(f"{source}: --engine ray reads JSONL (.jsonl) or Parquet (.parquet); "
+                             "use the local engine for text, CSV/TSV and CoNLL")
+    if "://" not in source and not local.exists():
+        raise RunassistError(f"{source}: file not found")
     run = Path(run)
     predictor_check = Predictor.from_run(run, backend=backend, precision=precision, batch_size=batch_size)
     columns = predictor_check.task.input_columns()
