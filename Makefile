@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser postgres speech fashion-mnist test test-fast demo demo-ner demo-classify demo-qa demo-asr demo-image demo-lifecycle clean
+.PHONY: setup ray browser postgres speech fashion-mnist test test-fast demo demo-ner demo-classify demo-qa demo-asr demo-image demo-lifecycle clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# `runassist predict --engine ray` (optional; the default install and `make test` do without it: its
+# test skips and says why). The pins are pyproject.toml's `ray` extra; torch stays at 2.13.0.
+ray: setup
+	$(BIN)/python -m pip install -q "ray[data]==2.60.0" pandas==3.1.1 pyarrow==26.0.1 msgpack==1.2.4
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 
 # The browser test drives Debian's Chromium (Playwright must not download its own browser).
 # Best effort: without root or apt the browser test skips and says why.

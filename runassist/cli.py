@@ -257,28 +257,50 @@ def _print_scores(scores: dict, *, title: str) -> None:
 
 @app.command()
 def predict(run: str = typer.Argument(..., help="a run folder, or FIRST,SECOND to chain two (NER_RUN,RELATIONS_RUN)"),
-            source: str = typer.Argument(..., metavar="INPUT", help="file, or - for stdin; for an image or audio model also a media file, a folder of them, or a list of their paths"),
+            source: str = typer.Argument(..., metavar="INPUT", help="file, or - for stdin; for an image or audio "
+                                         "model also a media file, a folder of them, or a list of their paths (with "
+                                         "--engine ray: JSONL/Parquet, a path or an fsspec URL)"),
             output: Optional[str] = typer.Option(None, "-o", "--output", help="file (default: stdout)"),
             fmt: str = typer.Option("auto", "--format", help="auto | jsonl | csv | the task's own (conll for NER)"),
             backend: str = typer.Option("torch", "--backend", help="torch | onnx"),
             precision: str = typer.Option("auto", "--precision", help="auto (as trained) | fp32 | bf16"),
-            batch_size: int = typer.Option(64, "--batch-size")) -> None:
+            batch_size: int = typer.Option(64, "--batch-size"),
+            chunk_size: int = typer.Option(1000, "--chunk-size", help="items read, predicted and written at a time "
+                                                                      "(memory is bounded by it)"),
+            resume: bool = typer.Option(False, "--resume", help="continue an interrupted prediction into -o "
+                                                                "after its last complete chunk"),
+            workers: int = typer.Option(1, "--workers", help="processes on this machine (threads shared out)"),
+            engine: str = typer.Option("local", "--engine", help="local | ray (Ray Data map_batches; "
+                                                                 "pip install 'runassist[ray]')"),
+            quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress")) -> None:
     """Predict every item of INPUT (CoNLL, JSONL, CSV/TSV, or text with one document a line; blank
-    lines are skipped). CSV/TSV rows come back whole with prediction columns added. With two runs,
-    FIRST,SECOND, the second reads what the first found (relations between a NER run's entities)."""
+    lines are skipped), a chunk at a time in constant memory, with progress on stderr. CSV/TSV rows
+    come back whole with prediction columns added. With two runs, FIRST,SECOND, the second reads
+    what the first found (relations between a NER run's entities)."""
     from runassist.predict import Predictor, predict_chain_file, predict_file
 
     def load(path: str) -> Predictor:
         return Predictor.from_run(Path(path), backend=backend, batch_size=batch_size, precision=precision)
 
-    if "," in run and not Path(run).exists():
+    if engine not in ("local", "ray"):
+        raise RunassistError(f"--engine {engine!r}: choose local or ray")
+    if engine == "ray":
+        from runassist.predict_ray import predict_ray
+
+        if output in (None, "-") or resume or fmt != "auto":
+            raise RunassistError("--engine ray writes to a folder or URL given with -o (JSONL, or Parquet when it "
+                                 "ends in .parquet); --resume and --format are for the local engine")
+        n = predict_ray(Path(run), source, output, workers=workers, batch_size=batch_size, backend=backend,
+                        precision=precision)
+    elif "," in run and not Path(run).exists():
         first, _, second = run.partition(",")
         if fmt not in ("auto", "jsonl"):
             raise RunassistError(f"--format {fmt!r}: chained runs write jsonl")
         n = predict_chain_file(load(first), load(second), source, output)
     else:
-        n = predict_file(load(run), source, output, fmt=fmt)
-    if output not in (None, "-"):
+        n = predict_file(load(run), source, output, fmt=fmt, chunk_size=chunk_size, resume=resume,
+                         workers=workers, quiet=quiet)
+    if output not in (None, "-") and engine == "ray" and not quiet:  # the local engine's progress line says it
         err.print(f"predicted {n} items -> {escape(output)}")
 
 

@@ -8,7 +8,13 @@ from typing import Any
 from runassist.errors import RunassistError
 from runassist.inference import write_eval
 from runassist.runs import split_name
-from runassist.predict import Predictor
+from runassist.predict import Predictor, predict_in_chunks
+
+
+# Larger than prediction's chunks: a test set of up to this many examples is batched exactly as
+# training scored it (length-sorted as a whole), so `evaluate` reproduces summary.json; past it the
+# logits are still freed every chunk.
+EVAL_CHUNK_SIZE = 10_000
 
 
 def resolve_split(cfg: Any, data: str | None) -> str:
@@ -25,7 +31,10 @@ def resolve_split(cfg: Any, data: str | None) -> str:
 
 
 def evaluate(run: str | Path, *, data: str | None = None, mode: str | None = None,
-             predictor: Predictor | None = None) -> dict[str, Any]:
+             predictor: Predictor | None = None, chunk_size: int = EVAL_CHUNK_SIZE) -> dict[str, Any]:
+    """Scores of a run on a split. Predicted ``chunk_size`` examples at a time: the features and the
+    model's outputs (per-token logits: the big part) of a chunk are dropped once it is decoded, so
+    only the examples and their predictions stay for scoring, whatever the test set's size."""
     predictor = predictor or Predictor.from_run(run)
     spec = resolve_split(predictor.cfg, data)
     task = predictor.task
@@ -37,7 +46,7 @@ def evaluate(run: str | Path, *, data: str | None = None, mode: str | None = Non
     examples = task.read(spec)
     if data in (None, "dev", "test"):  # the run's own split, as many examples as the run scored
         examples = examples[:predictor.cfg.data.max_eval_examples]
-    predictions = predictor.predict_examples(examples)
+    predictions = predict_in_chunks(predictor, examples, chunk_size)
     scores = task.score(examples, predictions, predictor.state)
     # The default way keeps the plain name; another way gets its own files beside it.
     name = split_name(spec) + (f"-{mode}" if mode and mode != task.scoring_modes[0] else "")

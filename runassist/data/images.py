@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from runassist.data.io import media_files
 from runassist.data.tabular import table_records, text_format
 from runassist.errors import DataError, MediaTooLarge
 
@@ -122,12 +123,6 @@ def read_folder(root: Path, *, require_labels: bool = True) -> list[ImageExample
             raise DataError(loose[0], None, "an image outside any label folder; put it in <folder>/<label>/")
         out += [ImageExample(name=str(p), path=str(p), source=str(p)) for p in loose]
     return out
-
-
-def media_files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Files under ``root`` (recursive) with one of ``suffixes``, sorted, hidden ones skipped."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def read_manifest(path: Path, fmt: str, *, path_column: str, label_column: str, separator: str | None,

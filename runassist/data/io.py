@@ -40,3 +40,9 @@ def iter_jsonl(path: str | Path, text: str | None = None) -> Iterator[tuple[int,
         if not isinstance(obj, dict):
             raise DataError(path, number, f"expected a JSON object, got {type(obj).__name__}")
         yield number, obj
+
+
+def media_files(root: Path, suffixes: Any) -> list[Path]:
+    """Files under ``root`` (recursive) with one of ``suffixes``, sorted; hidden ones skipped."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))

@@ -187,6 +187,11 @@ class BaseTask:
         """Prediction files in the task's own formats (``output_formats`` beyond jsonl and csv)."""
         raise ValueError(f"--format {fmt!r}: a {self.name} run writes {', '.join(self.output_formats)}")
 
+    def output_joiner(self, fmt: str) -> str:
+        """What goes between the ``format_output`` texts of two chunks of one file (batch prediction
+        writes a chunk at a time): the file must read as if it had been written in one piece."""
+        return ""
+
     def export_probe(self) -> list[Any]:
         """Two inputs of different sizes to trace the ONNX graph with (so its batch holds padding)."""
         return [self.example_from_input("runassist exports this model to onnx ."),

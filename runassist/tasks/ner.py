@@ -274,6 +274,9 @@ class NerTask(BaseTask):
                                     for i, (w, t) in enumerate(zip(ex.tokens, pred.tags))))
         return "\n\n".join(blocks) + "\n"
 
+    def output_joiner(self, fmt: str) -> str:
+        return "\n" if fmt == "conll" else ""  # the blank line between the last sentence of a chunk and the next
+
     # -- check-data -----------------------------------------------------------
     def split_stats(self, spec: str, examples: Sequence[TokenExample]) -> SplitStats:
         stats = super().split_stats(spec, examples)
