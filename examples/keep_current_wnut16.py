@@ -38,24 +38,6 @@ def sh(*args: str, env: dict[str, str]) -> str:
     return done.stdout
 
 
-def gold_entities(tokens: list[str], tags: list[str]) -> tuple[str, list[dict]]:
-    starts, at = [], 0
-    for word in tokens:
-        starts.append(at)
-        at += len(word) + 1
-    entities, i = [], 0
-    while i < len(tags):
-        if tags[i].startswith("B-"):
-            j = i + 1
-            while j < len(tags) and tags[j] == "I-" + tags[i][2:]:
-                j += 1
-            entities.append({"start": starts[i], "end": starts[j - 1] + len(tokens[j - 1]), "label": tags[i][2:]})
-            i = j
-        else:
-            i += 1
-    return " ".join(tokens), entities
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "keep-current")
@@ -68,6 +50,7 @@ def main() -> None:
 
     # the two halves of the training tweets (a fixed split)
     sys.path.insert(0, str(REPO))
+    from runassist.data.tags import char_entities
     from runassist.tasks import load_config, make_task
 
     task = make_task(load_config(REPO / "examples" / "ner-wnut16.yaml"))
@@ -99,7 +82,7 @@ def main() -> None:
         # 3. traffic and corrections
         with httpx.Client(base_url=url, timeout=120) as http:
             for start in range(0, len(second), 32):
-                chunk = [gold_entities(list(ex.tokens), list(ex.tags)) for ex in second[start:start + 32]]
+                chunk = [char_entities(ex.tokens, ex.tags) for ex in second[start:start + 32]]
                 preds = http.post("/v1/predict", json={"inputs": [t for t, _ in chunk]}).json()["predictions"]
                 fixes = [{"id": p["id"], "output": {"entities": ents}} for p, (_, ents) in zip(preds, chunk)]
                 http.post("/v1/feedback", json={"corrections": fixes}).raise_for_status()

@@ -22,8 +22,14 @@ from typing import IO, Any, Iterator
 def atomic_open(path: str | Path, mode: str = "w", *, encoding: str | None = "utf-8",
                 newline: str | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on a clean exit it replaces ``path``, on an error
-    it is removed and ``path`` is left as it was."""
+    it is removed and ``path`` is left as it was. A device or a pipe (``-o /dev/null``, a FIFO) is
+    written as it is: renaming a file over it would replace the device itself."""
     path = Path(path)
+    if is_special(path):
+        binary = "b" in mode
+        with open(path, mode, encoding=None if binary else encoding, newline=None if binary else newline) as handle:
+            yield handle
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -36,6 +42,17 @@ def atomic_open(path: str | Path, mode: str = "w", *, encoding: str | None = "ut
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def is_special(path: str | Path) -> bool:
+    """True for an existing path that is neither a regular file nor a folder (/dev/null, a FIFO)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    import stat
+
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> None:

@@ -15,11 +15,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 
 from runassist import runs
-from runassist.atomic import atomic_write, read_json
+from runassist.atomic import atomic_write, is_special, read_json
 from runassist.errors import DataError, RunassistError
 from runassist.inference import predict_examples
 from runassist.predict_input import DEFAULT_CHUNK_SIZE, input_kind, input_size, read_chunks
-from runassist.predict_output import ResumableOutput, StdoutOutput, chunk_text, empty_text, output_format
+from runassist.predict_output import DeviceOutput, ResumableOutput, StdoutOutput, chunk_text, empty_text, output_format
 from runassist.predict_progress import Progress
 from runassist.predict_workers import trim_memory
 from runassist.tasks import make_task
@@ -184,6 +184,10 @@ def predict_file(predictor: Predictor, source: str, output: str | None = None, *
         raise RunassistError(f"--workers {workers}: give 1 or more")
     if to_stdout:
         sink: Any = StdoutOutput()
+    elif is_special(output):  # /dev/null, a FIFO: written as it is, never renamed over
+        if resume:
+            raise RunassistError(f"--resume needs an output file: {output} is a device or a pipe")
+        sink = DeviceOutput(output)
     else:
         stat = Path(source).stat() if source != "-" else None
         signature = {"input": str(Path(source).resolve()) if stat else "-", "input_size": stat.st_size if stat else None,

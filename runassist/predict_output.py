@@ -97,6 +97,26 @@ class StdoutOutput:
         pass
 
 
+class DeviceOutput(StdoutOutput):
+    """Results straight into a device or a pipe (``-o /dev/null``, a FIFO): there is no file to resume
+    and nothing may be renamed over it (that would replace the device with a file)."""
+
+    def __init__(self, path: str | Path):
+        self.handle = open(path, "w", encoding="utf-8")
+
+    def write(self, text: str, items: int, read_bytes: int = 0) -> None:
+        self.handle.write(text)
+        self.handle.flush()
+        self.chunks, self.items = self.chunks + 1, self.items + items
+
+    def finish(self, empty: str) -> None:
+        if self.chunks == 0:
+            self.handle.write(empty)
+
+    def close(self) -> None:
+        self.handle.close()
+
+
 class ResumableOutput:
     """``path`` written a chunk at a time through ``path.partial`` and ``path.progress`` (see module doc).
 

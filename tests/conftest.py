@@ -303,3 +303,17 @@ def make_chat_rows(n: int, seed: int = 0) -> list[dict]:
             messages += [{"role": "user", "content": user}, {"role": "assistant", "content": replies[user]}]
         rows.append({"messages": messages})
     return rows
+
+
+def train_tiny_ner(tiny_model: Path, base: Path, sizes: tuple[int, int, int] = (48, 16, 16), *, steps: int = 30,
+                   name: str | None = None, **train) -> Path:
+    """A tiny NER run on the name-list sentences (train, dev, test of ``sizes``), trained ``steps`` steps
+    at lr 1e-2 with one evaluation at the end: the champion the lifecycle tests start from."""
+    from runassist.tasks import load_config
+    from runassist.train.run import train as train_run
+
+    files = {split: write_conll(base / f"{split}.conll", make_ner_sentences(n, seed))
+             for (split, seed), n in zip((("train", 0), ("dev", 1), ("test", 2)), sizes)}
+    overrides = ner_overrides(files, tiny_model, base / "runs", max_steps=steps, lr="1e-2", early_stopping="null",
+                              eval_every=steps, **train) + ([f"output.name={name}"] if name else [])
+    return train_run(load_config(None, overrides), progress=False).run

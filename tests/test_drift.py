@@ -9,25 +9,18 @@ import subprocess
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import REPO, make_ner_sentences, ner_overrides, write_conll
+from conftest import REPO, make_ner_sentences, train_tiny_ner
 from runassist.data_profile import compare, psi
 from runassist.drift import drift_report
 from runassist.feedback import FeedbackStore
 from runassist.predict import Predictor
 from runassist.serve.app import create_app
-from runassist.tasks import load_config
-from runassist.train.run import train
 from serve_fixtures import RUNASSIST
 
 
 @pytest.fixture(scope="module")
 def run(tiny_model, tmp_path_factory):
-    base = tmp_path_factory.mktemp("drift")
-    files = {split: write_conll(base / f"{split}.conll", make_ner_sentences(n, seed))
-             for split, n, seed in (("train", 48, 0), ("dev", 40, 1), ("test", 16, 2))}
-    overrides = ner_overrides(files, tiny_model, base / "runs", max_steps=30, lr="1e-2", early_stopping="null",
-                              eval_every=30)
-    return train(load_config(None, overrides), progress=False).run
+    return train_tiny_ner(tiny_model, tmp_path_factory.mktemp("drift"), (48, 40, 16))
 
 
 def test_training_writes_the_reference_profile(run):

@@ -17,46 +17,27 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import make_ner_sentences, ner_overrides, write_conll
+from conftest import make_ner_sentences, train_tiny_ner
 from pg_server import postgres_server
 from serve_fixtures import REPO, RUNASSIST
+from runassist.data.tags import char_entities
 from runassist.feedback import SCHEMA_VERSION, FeedbackStore, _v1, export, held_out, input_hash
 from runassist.predict import Predictor
 from runassist.registry import Registry
 from runassist.serve.app import create_app
 from runassist.serve.live import LivePredictor
-from runassist.tasks import load_config
-from runassist.train.run import train
 
 
 def _text_and_entities(sentence):
     """A sentence of (word, tag) as the text a client sends and its gold entities as character spans."""
-    words, tags = [w for w, _ in sentence], [t for _, t in sentence]
-    starts, at = [], 0
-    for w in words:
-        starts.append(at)
-        at += len(w) + 1
-    entities, i = [], 0
-    while i < len(tags):
-        if tags[i].startswith("B-"):
-            j = i + 1
-            while j < len(tags) and tags[j] == "I-" + tags[i][2:]:
-                j += 1
-            entities.append({"start": starts[i], "end": starts[j - 1] + len(words[j - 1]), "label": tags[i][2:]})
-            i = j
-        else:
-            i += 1
-    return " ".join(words), entities
+    return char_entities([w for w, _ in sentence], [t for _, t in sentence])
 
 
 @pytest.fixture(scope="module")
 def project(tiny_model, tmp_path_factory):
     base = tmp_path_factory.mktemp("lifecycle")
-    files = {split: write_conll(base / f"{split}.conll", make_ner_sentences(n, seed))
-             for split, n, seed in (("train", 48, 0), ("dev", 16, 1), ("test", 40, 2))}
-    overrides = ner_overrides(files, tiny_model, base / "runs", max_steps=40, lr="1e-2", early_stopping="null",
-                              eval_every=40, warmup_ratio=0) + ["output.name=champion"]
-    champion = train(load_config(None, overrides), progress=False).run
+    champion = train_tiny_ner(tiny_model, base, (48, 16, 40), steps=40, name="champion", warmup_ratio=0)
+    files = {split: base / f"{split}.conll" for split in ("train", "dev", "test")}
     return base, champion, files
 
 

@@ -15,15 +15,14 @@ import time
 
 import pytest
 
-from conftest import REPO, make_ner_sentences, ner_overrides, write_conll
+from conftest import REPO, make_ner_sentences, train_tiny_ner, write_conll
 from runassist.config import DataConfig, ModelConfig
 from runassist.data.records import TokenExample
 from runassist.errors import RunassistError
 from runassist.gate import GateConfig, _judge_set, load_gate, promote
 from runassist.registry import Registry, parse_reference
-from runassist.tasks import load_config, task_class
+from runassist.tasks import task_class
 from runassist.tasks.ner import TagPrediction
-from runassist.train.run import train
 
 
 # -- the registry ---------------------------------------------------------------------------------
@@ -184,11 +183,7 @@ def test_gate_settings_are_checked(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tiny_model, tmp_path_factory):
     base = tmp_path_factory.mktemp("gate")
-    files = {split: write_conll(base / f"{split}.conll", make_ner_sentences(n, seed))
-             for split, n, seed in (("train", 64, 0), ("dev", 16, 1), ("test", 40, 2))}
-    overrides = ner_overrides(files, tiny_model, base / "runs", max_steps=30, lr="1e-2", early_stopping="null",
-                              eval_every=30) + ["output.name=champion"]
-    run = train(load_config(None, overrides), progress=False).run
+    run = train_tiny_ner(tiny_model, base, (64, 16, 40), name="champion")
     copy = base / "runs" / "identical"
     shutil.copytree(run, copy)
     return base, run, copy

@@ -8,23 +8,16 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import REPO, make_ner_sentences, ner_overrides, write_conll
+from conftest import REPO, make_ner_sentences, train_tiny_ner
 from runassist.inference import outputs_for
 from runassist.label_queue import _entropy, build_queue, pick, read_pool, uncertainty, write_queue
 from runassist.predict import Predictor
-from runassist.tasks import load_config
-from runassist.train.run import train
 from serve_fixtures import RUNASSIST
 
 
 @pytest.fixture(scope="module")
 def predictor(tiny_model, tmp_path_factory):
-    base = tmp_path_factory.mktemp("queue")
-    files = {split: write_conll(base / f"{split}.conll", make_ner_sentences(n, seed))
-             for split, n, seed in (("train", 48, 0), ("dev", 16, 1), ("test", 16, 2))}
-    overrides = ner_overrides(files, tiny_model, base / "runs", max_steps=12, lr="1e-2", early_stopping="null",
-                              eval_every=12)
-    return Predictor.from_run(train(load_config(None, overrides), progress=False).run)
+    return Predictor.from_run(train_tiny_ner(tiny_model, tmp_path_factory.mktemp("queue"), steps=12))
 
 
 def _pool(tmp_path, n=60):

@@ -223,3 +223,44 @@ def test_a_terminal_gets_a_live_bar_with_items_rate_and_eta():
     shown = screen.getvalue()
     assert "500 items" in shown and "items/s" in shown and "ETA" in shown
     assert "predict in.txt: 500 items in 2 chunks" in shown
+
+
+def test_a_device_or_a_pipe_as_output_is_written_not_replaced(tmp_path):
+    """`-o /dev/null` once replaced /dev/null with a regular file (the result renamed over it): after
+    that no other program could write to it. A FIFO stands in for the device here."""
+    import os
+    import stat
+    import threading
+
+    from runassist.atomic import atomic_write
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    atomic_write(fifo, "through the pipe\n")
+    reader.join(timeout=10)
+    assert got == ["through the pipe\n"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still a pipe, not a file renamed over it
+    assert not list(tmp_path.glob(".pipe.*"))  # no temporary file left beside it
+
+
+def test_predict_into_a_pipe_keeps_the_pipe(predictor, tmp_path):
+    import os
+    import stat
+    import threading
+
+    source = _inputs(tmp_path)["txt"]
+    fifo = tmp_path / "out-pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    n = predict_file(predictor, str(source), str(fifo), chunk_size=5, quiet=True)
+    reader.join(timeout=30)
+    assert n == 23 and len(got[0].splitlines()) == 23
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert not list(tmp_path.glob("out-pipe.*"))  # no .partial / .progress beside it
+    with pytest.raises(RunassistError, match="device or a pipe"):
+        predict_file(predictor, str(source), str(fifo), resume=True, quiet=True)

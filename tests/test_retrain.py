@@ -11,10 +11,10 @@ import random
 import pytest
 from safetensors.torch import load_file
 
-from conftest import make_ner_sentences, ner_overrides, write_conll
+from conftest import train_tiny_ner, write_conll
 from runassist.retrain import retrain
 from runassist.tasks import load_config
-from runassist.train.run import replay_sample, train
+from runassist.train.run import replay_sample
 
 FILLERS = "the a of to in and is was on for with at by from city river street said went".split()
 PRODUCTS = ["widget", "gizmo", "widget pro", "gizmo max"]
@@ -43,11 +43,7 @@ def _digest(folder):
 @pytest.fixture(scope="module")
 def champion(tiny_model, tmp_path_factory):
     base = tmp_path_factory.mktemp("retrain")
-    files = {split: write_conll(base / f"{split}.conll", make_ner_sentences(n, seed))
-             for split, n, seed in (("train", 96, 0), ("dev", 24, 1), ("test", 60, 2))}
-    overrides = ner_overrides(files, tiny_model, base / "runs", max_steps=80, lr="1e-2", early_stopping="null",
-                              eval_every=80, warmup_ratio=0) + ["output.name=champion"]
-    run = train(load_config(None, overrides), progress=False).run
+    run = train_tiny_ner(tiny_model, base, (96, 24, 60), steps=80, name="champion", warmup_ratio=0)
     new = write_conll(base / "new.conll", _product_sentences(96, 5))
     return base, run, new
 

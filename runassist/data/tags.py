@@ -154,3 +154,15 @@ def spans_from_iob2(tags: Sequence[str]) -> list[tuple[int, int, str]]:
         if prefix == "B":
             start, kind = i, tkind
     return spans
+
+
+def char_entities(tokens: Sequence[str], tags: Sequence[str]) -> tuple[str, list[dict[str, object]]]:
+    """The words joined by single spaces, and their entities as character spans of that text
+    (``{"start", "end", "label"}``, as the service returns them and `POST /v1/feedback` takes them)."""
+    starts, at = [], 0
+    for word in tokens:
+        starts.append(at)
+        at += len(word) + 1
+    entities = [{"start": starts[a], "end": starts[b - 1] + len(tokens[b - 1]), "label": kind}
+                for a, b, kind in spans_from_iob2(tags)]
+    return " ".join(tokens), entities
