@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from pathlib import Path
 from typing import Any, Sequence
 
 from fastapi import APIRouter, Request
@@ -30,17 +31,19 @@ class FeedbackHook:
         self.store, self.predictor, self.queue_below = store, predictor, queue_below
         self._warned = False
 
-    def version(self) -> str:
-        return str(getattr(self.predictor, "model_version", None) or self.predictor.info()["run"])
+    def version(self) -> tuple[str, str]:
+        """(run name, model version) of the model answering now; no file read: this is on every request."""
+        run = Path(self.predictor.run).name
+        return run, str(getattr(self.predictor, "model_version", None) or run)
 
     async def stamp(self, inputs: Sequence[Any], answers: Sequence[tuple[dict[str, Any], float | None]]) -> list[dict]:
-        version = self.version()
+        run, version = self.version()
         task = self.predictor.task.name
         out, rows, queue = [], [], []
         for item, (prediction, confidence) in zip(inputs, answers):
             pid = uuid.uuid4().hex
             out.append({"id": pid, "model_version": version, **prediction})
-            rows.append({"id": pid, "model": self.predictor.info()["run"], "version": version, "task": task,
+            rows.append({"id": pid, "model": run, "version": version, "task": task,
                          "input": item, "output": prediction, "confidence": confidence})
             if self.queue_below is not None and confidence is not None and confidence < self.queue_below:
                 queue.append({"input": item, "score": confidence, "reason": "low confidence in service",

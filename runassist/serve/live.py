@@ -27,6 +27,7 @@ class LivePredictor:
         self.current = load(Path(version["run"]))
         self.version = version["version"]
         self.swaps = 0
+        self._seen: tuple[int, int, int] | None = None  # the registry file as last read (_stamp)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -45,19 +46,34 @@ class LivePredictor:
 
     # -- following the registry -------------------------------------------------------------------
     def refresh(self) -> bool:
-        """Swap in the model the alias points at now, if it changed; True when it did."""
+        """Swap in the model the alias points at now, if it changed; True when it did. The registry file
+        is parsed only when it was rewritten since the last look (this runs every ``poll_s``)."""
+        stamp = self._stamp()
+        if stamp is not None and stamp == self._seen:
+            return False
         version = self.registry.version(self.name, self.which)
-        if version["version"] == self.version:
-            return False
-        fresh = self._load(Path(version["run"]))
-        if fresh.task.name != self.current.task.name:
-            log.error("%s now points at a %s run (version %s); still serving version %s", self.ref,
-                      fresh.task.name, version["version"], self.version)
-            return False
-        self.current, self.version = fresh, version["version"]  # the swap: one assignment
-        self.swaps += 1
-        log.warning("%s: now serving version %s (%s)", self.ref, self.version, Path(version["run"]).name)
-        return True
+        if version["version"] != self.version:
+            fresh = self._load(Path(version["run"]))
+            if fresh.task.name != self.current.task.name:
+                log.error("%s now points at a %s run (version %s); still serving version %s", self.ref,
+                          fresh.task.name, version["version"], self.version)
+                self._seen = stamp
+                return False
+            self.current, self.version = fresh, version["version"]  # the swap: one assignment
+            self.swaps += 1
+            log.warning("%s: now serving version %s (%s)", self.ref, self.version, Path(version["run"]).name)
+            self._seen = stamp
+            return True
+        self._seen = stamp  # only after a successful look: a failed load is tried again next time
+        return False
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        """Which write of registry.json this is: every change renames a new file into place."""
+        try:
+            st = self.registry.path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
     def start(self) -> None:
         if self._thread is None:

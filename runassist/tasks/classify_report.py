@@ -23,6 +23,24 @@ def _confidence(row: dict[str, Any]) -> float:
     return max(values, default=0.0)
 
 
+def mistakes_or_note(parts: list[str], predictions: Path | None,
+                     noun: str) -> tuple[int, list[dict[str, Any]]] | None:
+    """(items, mistakes) of eval/<split>.jsonl, or None with a note in ``parts`` saying why none are
+    shown (no file, an unreadable one, or no mistake at all)."""
+    if predictions is None:
+        parts.append(missing("No predictions file (eval/<split>.jsonl): mistakes cannot be shown."))
+        return None
+    try:
+        n, wrong = read_classify_mistakes(predictions)
+    except (OSError, ValueError) as exc:
+        parts.append(missing(f"{predictions.name} could not be read ({exc})."))
+        return None
+    if not wrong:
+        parts.append(f"<p>All {n} {noun} are right.</p>")
+        return None
+    return n, wrong
+
+
 def read_classify_mistakes(path: Path) -> tuple[int, list[dict[str, Any]]]:
     """(number of examples, wrong ones with a ``confidence`` key, most confident first)."""
     rows = []
@@ -43,17 +61,10 @@ def errors_section(scores: dict[str, Any] | None, predictions: Path | None, imag
     elif scores is not None and not multi_label:
         parts.append(missing("No confusion matrix in the test scores."))
     parts.append("<h3>Most confident mistakes</h3>")
-    if predictions is None:
-        parts.append(missing("No predictions file (eval/<split>.jsonl): mistakes cannot be shown."))
+    found = mistakes_or_note(parts, predictions, "test examples")
+    if found is None:
         return "".join(parts)
-    try:
-        n, wrong = read_classify_mistakes(predictions)
-    except (OSError, ValueError) as exc:
-        parts.append(missing(f"{predictions.name} could not be read ({exc})."))
-        return "".join(parts)
-    if not wrong:
-        parts.append(f"<p>All {n} test examples are right.</p>")
-        return "".join(parts)
+    n, wrong = found
     rows = []
     for r in wrong[:CONFIDENT_MISTAKES]:
         text = str(r.get("text", r.get("file", "")))  # a media task's rows name their file instead

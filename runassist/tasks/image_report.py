@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from runassist.data.images import is_idx, read_idx_array
-from runassist.htmlparts import e, img, missing
-from runassist.tasks.classify_report import read_classify_mistakes
+from runassist.htmlparts import e, img
+from runassist.tasks.classify_report import mistakes_or_note
 
 THUMB = 96  # pixels on the longer side
 
@@ -24,17 +24,10 @@ def errors_section(scores: dict[str, Any] | None, predictions: Path | None, imag
     if images.get("confusion.png"):
         parts.append(f'<div class="narrow">{img(images, "confusion.png", "test confusion matrix")}</div>')
     parts.append("<h3>Misclassified images</h3>")
-    if predictions is None:
-        parts.append(missing("No predictions file (eval/<split>.jsonl): mistakes cannot be shown."))
+    found = mistakes_or_note(parts, predictions, "test images")
+    if found is None:
         return "".join(parts)
-    try:
-        n, wrong = read_classify_mistakes(predictions)
-    except (OSError, ValueError) as exc:
-        parts.append(missing(f"{predictions.name} could not be read ({exc})."))
-        return "".join(parts)
-    if not wrong:
-        parts.append(f"<p>All {n} test images are right.</p>")
-        return "".join(parts)
+    n, wrong = found
     arrays: dict[str, np.ndarray] = {}
     cells = []
     for row in wrong[:shown]:
