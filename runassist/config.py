@@ -114,13 +114,25 @@ class TrainConfig(_Section):
     freeze: str = "none"
     lora: LoraConfig | None = None
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
-    group_by_length: bool = True
+    # how sentences make up a training batch: packed (random batches, several sentences per row,
+    # no padding), grouped (similar lengths together: fast, but cost F1 on WNUT-16), random
+    # (padded random batches); auto packs where the task and model can (bench/README.md, "Batching")
+    batching: Literal["auto", "packed", "grouped", "random"] = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     compile: bool = False
     threads: int | None = Field(None, ge=1)  # None: one per free core
     # model.source is a trained run's model: keep its labels in their order, with their head rows
     # as trained, and add the training data's new labels after them (retraining; see retrain.py)
     extend_labels: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_grouping_key(cls, data: Any) -> Any:
+        """Runs trained before ``batching`` existed say ``group_by_length``; retraining reads their config."""
+        if isinstance(data, dict) and "group_by_length" in data and "batching" not in data:
+            data = dict(data)
+            data["batching"] = "grouped" if data.pop("group_by_length") else "random"
+        return data
 
     @field_validator("freeze")
     @classmethod

@@ -71,6 +71,9 @@ class Capabilities:
     onnx: bool = True  # forward is a function of the batch tensors alone: torch.onnx.export can trace it
     int8_guard: bool = True  # decision_rows/margins say how close a decision is to flipping (export.Guard)
     streams: bool = False  # predictions come token by token (generation): stream() and prompt_tokens()
+    # the loss is a mean over tokens and ``Feature.target`` is aligned with ``input_ids``: several
+    # inputs can share a training row (train/packing.py)
+    packs: bool = False
 
 
 class Task(Protocol):

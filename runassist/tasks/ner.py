@@ -50,7 +50,7 @@ class NerTask(BaseTask):
     name = "ner"
     Section = NerSection
     headline = "f1"
-    capabilities = Capabilities(onnx=True, int8_guard=True)
+    capabilities = Capabilities(onnx=True, int8_guard=True, packs=True)
     peft_task_type = "TOKEN_CLS"
     label_word = "entity type"
     scoring_modes = ("conlleval", "strict")

@@ -55,6 +55,7 @@ class TrainContext:
     dev_before: dict[str, Any] | None = None  # dev scores of the untrained model, for tasks that ask for them
     train_features: list[Any] | None = None
     threads_seen: dict[str, Any] = field(default_factory=dict)  # what the thread count was chosen from
+    batching: dict[str, str] = field(default_factory=dict)  # {"mode": packed|grouped|random, "why": ...}
 
     @property
     def bare(self) -> torch.nn.Module:

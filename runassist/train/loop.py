@@ -14,6 +14,7 @@ import torch
 from runassist.tasks.base import Feature
 from runassist.train.batches import epoch_batches
 from runassist.train.engine import Engine
+from runassist.train.packing import padded_size
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def plan(n_batches: int, *, grad_accum: int, epochs: float, max_steps: int | Non
 def train_steps(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, engine: Engine,
                 features: Sequence[Feature], collate: Callable[[Sequence[Feature], np.random.Generator], dict],
                 forward: Callable[[torch.nn.Module, dict], Any], loss_fn: Callable[[Any, dict], torch.Tensor],
-                batch_size: int, grad_accum: int, grad_clip: float | None, seed: int, group_by_length: bool,
+                batch_size: int, grad_accum: int, grad_clip: float | None, seed: int, batching: str,
                 total_steps: int, start: Position = Position()) -> Iterator[StepInfo]:
     """``forward(model, batch)`` runs under the engine's autocast; ``loss_fn(outputs, batch)`` outside
     it, in float32 (the task's ``forward`` and ``loss``).
@@ -69,7 +70,7 @@ def train_steps(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sch
     model.train()
     while position.step < total_steps:
         batches = epoch_batches(lengths, batch_size=batch_size, seed=seed, epoch=position.epoch,
-                                group_by_length=group_by_length, rank=engine.rank, world=engine.world)
+                                group_by_length=batching == "grouped", rank=engine.rank, world=engine.world)
         if not batches:
             raise ValueError("no training batches (fewer examples than processes?)")
         n_steps = math.ceil(len(batches) / grad_accum)
@@ -83,14 +84,16 @@ def train_steps(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sch
                 batch = collate([features[j] for j in idx], rng)
                 batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
                 with engine.no_sync(model, skip=i < len(group) - 1):
-                    with autocast():
+                    ids = batch.get("input_ids")
+                    with autocast(), engine.training_attention(None if ids is None else ids.shape[-1]):
                         outputs = forward(model, batch)
                     loss = loss_fn(outputs, batch) / len(group)
                     engine.backward(loss)
                 total_loss += loss.detach()
                 sizes = [lengths[j] for j in idx]
                 tokens += sum(sizes)
-                padded += max(sizes) * len(sizes)  # what the batch holds with padding
+                # what the batch holds with padding (packed rows hold several inputs each)
+                padded += padded_size(batch) if batching == "packed" else max(sizes) * len(sizes)
             lr = optimizer.param_groups[0]["lr"]
             engine.step(optimizer, model, grad_clip)
             scheduler.step()

@@ -17,7 +17,7 @@ from runassist.errors import ConfigError, DataError, RunassistError
 from runassist.inference import predict_examples, write_eval
 from runassist.tasks import make_task
 from runassist.tasks.base import TaskState
-from runassist.train import checkpoint
+from runassist.train import checkpoint, packing
 from runassist.train.callbacks import (BestModel, Callback, Checkpoint, EarlyStopping, MetricsLog, Progress,
                                        TrainContext, save_model_dir)
 from runassist.train.engine import Engine
@@ -156,6 +156,10 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True, cal
         if hasattr(getattr(model, "config", None), "use_cache"):
             model.config.use_cache = False  # a cache is useless while training and clashes with checkpointing
     model.to(engine.device)
+    batching, why, pack_settings = packing.choose(
+        tc.batching, packs=task.capabilities.packs, model=model, features=train_features,
+        collate=lambda fs: task.collate(fs, processor), forward=task.forward,
+        pad_id=getattr(processor, "pad_token_id", None))
     optimizer = build_optimizer(model, tc, engine.device)
     model = engine.prepare(model)
     if tc.compile:
@@ -177,7 +181,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True, cal
                        processor=processor, task=task, state=state, metric=metric,
                        mode=mode, total_steps=schedule.total_steps,
                        merge_lora=lora.merge if lora else True, train_features=train_features,
-                       threads_seen=_threads_seen(facts, tc.threads))
+                       threads_seen=_threads_seen(facts, tc.threads), batching={"mode": batching, "why": why})
     start = Position()
     pending_eval: float | None = None  # the epoch of an evaluation an interrupt cut short
     if resume is not None and found is None and engine.is_main:
@@ -199,6 +203,9 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True, cal
     loss_fn = lambda outputs, batch: task.loss(outputs, batch, weights)  # noqa: E731
     # Training batches get the task's augmentation (training_collate); evaluation uses collate, never augmented.
     collate = lambda fs, rng: task.training_collate(fs, processor, rng)  # noqa: E731
+    if batching == "packed":
+        pad_id = processor.pad_token_id
+        collate = lambda fs, rng: packing.pack(fs, pad_id, **pack_settings)  # noqa: E731
 
     def evaluate(info: StepInfo) -> None:
         ctx.evaluation_starts(info.epoch_float)
@@ -229,7 +236,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True, cal
         for info in ([] if ctx.stop_reason else train_steps(model=model, optimizer=optimizer, scheduler=scheduler, engine=engine,
                                 features=train_features, collate=collate, forward=task.forward, loss_fn=loss_fn,
                                 batch_size=tc.batch_size, grad_accum=tc.grad_accum, grad_clip=tc.grad_clip,
-                                seed=tc.seed, group_by_length=tc.group_by_length,
+                                seed=tc.seed, batching=batching,
                                 total_steps=schedule.total_steps, start=start)):
             ctx.train_seconds += time.perf_counter() - tick
             ctx.tokens += info.tokens
@@ -425,7 +432,7 @@ def _write_summary(ctx: TrainContext, cfg: Config, *, status: str, stopped: str,
         "threads": torch.get_num_threads(),
         "threads_chosen_from": ctx.threads_seen,
         "choices": {"optimizer": cfg.train.optimizer, "fused_optimizer": cfg.train.optimizer == "adamw",
-                    "group_by_length": cfg.train.group_by_length, "compile": cfg.train.compile,
+                    "batching": ctx.batching, "compile": cfg.train.compile,
                     "precision": ctx.engine.precision, "lora": hasattr(ctx.bare, "peft_config")},
         "extras": ctx.state.extras,
     }
