@@ -36,14 +36,22 @@ import torch  # noqa: E402
 # -- the machine ----------------------------------------------------------------------------------
 
 def matmul_gflops(dtype: torch.dtype, *, n: int = 4096, reps: int = 3) -> float:
-    """Best-of-reps GFLOP/s of one n x n @ n x n matmul: the ceiling dense layers can reach."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    torch.mm(a, b)  # warm-up: packing buffers, oneDNN kernel choice
+    """Best-of-reps GFLOP/s of one n x n @ n x n matmul: the ceiling dense layers can reach (on the
+    GPU when there is one, 8192^2: there both contestants train on it)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the device both contestants train on
+    if device == "cuda":
+        n = 8192  # a GPU needs a bigger matmul to reach its peak
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)  # warm-up: packing buffers, oneDNN / cuBLAS kernel choice
     best = math.inf
     for _ in range(reps):
+        if device == "cuda":
+            torch.cuda.synchronize()
         t = time.perf_counter()
         torch.mm(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best / 1e9
 

@@ -82,7 +82,7 @@ def train_steps(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sch
             for i, idx in enumerate(group):
                 rng = np.random.default_rng([seed, position.epoch, cursor + i, engine.rank])
                 batch = collate([features[j] for j in idx], rng)
-                batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
+                batch = engine.to_device(batch)
                 with engine.no_sync(model, skip=i < len(group) - 1):
                     ids = batch.get("input_ids")
                     with autocast(), engine.training_attention(None if ids is None else ids.shape[-1]):
