@@ -21,7 +21,8 @@ def test_two_processes_train_one_valid_run(ner_files, tiny_model, tmp_path):
     # --multi_gpu with ACCELERATE_USE_CPU gives two linked gloo processes (see INTEGRATION-NOTES).
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "runassist.cli", "train", "--quiet",
-           *ner_overrides(ner_files, tiny_model, tmp_path / "runs", epochs=8, lr="1e-2"), "output.name=ddp"]
+           *ner_overrides(ner_files, tiny_model, tmp_path / "runs", epochs=8, lr="1e-2", early_stopping="null"),
+           "output.name=ddp"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "runs" / "ddp"
