@@ -71,6 +71,7 @@ class Capabilities:
     onnx: bool = True  # forward is a function of the batch tensors alone: torch.onnx.export can trace it
     int8_guard: bool = True  # decision_rows/margins say how close a decision is to flipping (export.Guard)
     streams: bool = False  # predictions come token by token (generation): stream() and prompt_tokens()
+    text_graph: bool = False  # text_graph(): raw text to answers in one ONNX graph (export --with-tokenizer)
 
 
 class Task(Protocol):

@@ -298,7 +298,7 @@ class TextToSubwords(torch.nn.Module):
         ids = torch.stack(emitted_ids, 1)
         steps = torch.arange(self.max_chars, dtype=torch.long).unsqueeze(0)
         failed_rows = failed.unsqueeze(1)
-        keep_ids = torch.where(failed_rows, steps == 0, live)
+        keep_ids = (failed_rows & (steps == 0)) | (~failed_rows & live)  # (Where has no bool kernel in ORT)
         ids = torch.where(failed_rows, torch.full_like(ids, self.unk_id), ids)
         piece_word = wid[piece_start]
         out_ids = ids[keep_ids]
@@ -315,7 +315,10 @@ def _positions(x: torch.Tensor) -> torch.Tensor:
 
 def _shift(x: torch.Tensor, by: int, fill: Any) -> torch.Tensor:
     """x moved right by ``by`` (left when negative), the gap filled with ``fill``."""
-    pad = torch.full_like(x[:1], fill) if x.dtype != torch.bool else torch.full_like(x[:1], bool(fill))
+    if x.dtype == torch.bool:
+        pad = torch.ones_like(x[:1]) if fill else torch.zeros_like(x[:1])
+    else:
+        pad = torch.full_like(x[:1], fill)
     if by == 1:
         return torch.cat([pad, x[:-1]])
     return torch.cat([x[1:], pad])
