@@ -100,9 +100,20 @@ def _bert_punct(ch: str) -> bool:
     return unicodedata.category(ch).startswith("P")
 
 
+_BUILT: dict[str, CharTable] = {}
+
+
 def build(normalizer: Any) -> CharTable:
     """The table for a tokenizer whose normalizer (a ``tokenizers`` normalizer, or None) is
-    ``normalizer``; the word-split columns do not depend on it."""
+    ``normalizer``; the word-split columns do not depend on it. Kept per normalizer (its repr
+    names every setting): building one takes ~8 s."""
+    key = repr(normalizer)
+    if key not in _BUILT:
+        _BUILT[key] = _build(normalizer)
+    return _BUILT[key]
+
+
+def _build(normalizer: Any) -> CharTable:
     text = _all_chars()
     flags = _python_flags(text)
     columns = np.zeros((N_CODEPOINTS, NORM + NORM_WIDTH), dtype=np.int32)
