@@ -11,8 +11,9 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from runassist.errors import RunassistError
 
@@ -35,7 +36,7 @@ def ensure_onnxruntime_node() -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "ONNXRUNTIME_NODE_INSTALL_CUDA": "skip", "ONNXRUNTIME_NODE_INSTALL": "skip"}
     done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(folder), ONNXRUNTIME_NODE],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
     if done.returncode != 0 or not (modules / "onnxruntime-node").is_dir():
         raise RunassistError(f"npm install {ONNXRUNTIME_NODE} failed: {(done.stderr or done.stdout)[-500:]}")
     return modules
@@ -48,7 +49,7 @@ def node_entities(model: str | Path, texts: Sequence[str], *, threads: int = 1,
     feed = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts)
     done = subprocess.run(["node", str(SCRIPT), str(model), "--threads", str(threads)], input=feed,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "NODE_PATH": str(modules)})
+                          env={**os.environ, "NODE_PATH": str(modules)}, check=False)
     if done.returncode != 0:
         raise RunassistError(f"node {SCRIPT.name} failed: {done.stderr[-1000:]}")
     rows = [json.loads(line)["entities"] for line in done.stdout.splitlines() if line.strip()]

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, make_ner_sentences, ner_overrides, write_conll
 
 torch.set_num_threads(1)
@@ -63,6 +62,7 @@ def _train(base: Path) -> Path:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     from conftest import build_tiny_model_dir
+
     from runassist.export_text import export_with_tokenizer
 
     base = tmp_path_factory.mktemp("tokexport")
@@ -100,7 +100,7 @@ def test_export_writes_one_file_and_passes_parity(exported):
 
 
 def test_graph_matches_predict_on_raw_text(exported):
-    from runassist.export_text import session_for, run_text
+    from runassist.export_text import run_text, session_for
     from runassist.tasks.ner_graph import entities
 
     run, info = exported
@@ -160,7 +160,7 @@ def test_node_matches_runassist_predict(exported, tmp_path):
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
     done = subprocess.run([sys.executable, "-m", "runassist", "predict", str(run), str(source), "-o", str(out),
-                           "--quiet"], capture_output=True, text=True, cwd=REPO)
+                           "--quiet"], capture_output=True, text=True, cwd=REPO, check=False)
     assert done.returncode == 0, done.stderr
     want = [[{k: e[k] for k in ("label", "start", "end")} for e in json.loads(line)["entities"]]
             for line in out.read_text(encoding="utf-8").splitlines()]

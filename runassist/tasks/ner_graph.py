@@ -18,7 +18,8 @@ truncated) rather than in overlapping windows.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -148,7 +148,7 @@ class TextToSubwords(torch.nn.Module):
         word, joiner = props[:, c["word"]] > 0, props[:, c["joiner"]] > 0
         letter, digit = props[:, c["letter"]] > 0, props[:, c["digit"]] > 0
         solid = ~space
-        prev_cp, next_cp = _shift(cp, 1, -1), _shift(cp, -1, -1)
+        prev_cp = _shift(cp, 1, -1)
         prev_space, next_space = _shift(space, 1, True), _shift(space, -1, True)
         prev_single, next_single = _shift(single, 1, False), _shift(single, -1, False)
         chunk_start = solid & (prev_space | single | prev_single)
@@ -156,7 +156,7 @@ class TextToSubwords(torch.nn.Module):
         starts = torch.nonzero(chunk_start).flatten()
         ends = torch.nonzero(chunk_end).flatten() + 1
         size = ends - starts
-        last = (n - 1) if isinstance(n, int) else n - 1
+        last = n - 1
 
         def at(offset: torch.Tensor) -> torch.Tensor:  # code point at chunk positions (clamped)
             return cp[offset.clamp(min=0, max=last)]
@@ -241,7 +241,6 @@ class TextToSubwords(torch.nn.Module):
         props = self._props(cp)
         word_start, word_end = self.words(cp, props)
         c = ct.COLUMN
-        n = cp.shape[0]
         pos = _positions(cp)
         space = (props[:, c["space"]] > 0) & (props[:, c["single"]] == 0)
         word_of_char = torch.cumsum(torch.zeros_like(pos).index_fill(0, word_start, 1), 0) - 1
