@@ -26,9 +26,10 @@ How each step maps to tensors (one text, all positions at once):
 - normalisation: the table's normalised code points (0-3 per character), flattened;
 - WordPiece: for every position and every length up to the longest vocabulary entry, a double
   polynomial hash of the substring (with the ``##`` prefix inside a sub-word) looked up in the
-  sorted hashes of the vocabulary by binary search; the greedy longest-match walk is unrolled
-  ``max_input_chars_per_word`` times over all sub-words at once; a sub-word with no match, or
-  longer than that limit, becomes the unknown token, as in the tokenizer.
+  sorted hashes of the vocabulary by binary search (one search for all of them); the greedy
+  longest-match walk runs from every sub-word's start at once by doubling the jump table
+  (``log2(max_input_chars_per_word)`` steps); a sub-word with no match, or longer than that
+  limit, becomes the unknown token, as in the tokenizer.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class TextToSubwords(torch.nn.Module):
         self.longest = longest
         self.cont = cont
         self.unk_id, self.max_chars = spec.unk_id, spec.max_chars
+        self.levels = int(np.ceil(np.log2(spec.max_chars + 1)))  # 2**levels jumps cover the longest walk
 
     # -- helpers ----------------------------------------------------------------------------
     def _props(self, cp: torch.Tensor) -> torch.Tensor:
@@ -269,39 +271,36 @@ class TextToSubwords(torch.nn.Module):
         h1 = torch.where(first, torch.zeros_like(x), torch.full_like(x, self.cont[0]))
         h2 = torch.where(first, torch.zeros_like(x), torch.full_like(x, self.cont[1]))
         xpos = _positions(x)
-        found = []
+        keys, inside = [], []
         for k in range(self.longest):
             j = (xpos + k).clamp(max=m - 1)
             h1, h2 = _hash_step(h1, h2, x[j])
-            ok = xpos + k < end_of
-            vocab_id = self._lookup(_key(h1, h2))
-            found.append(torch.where(ok, vocab_id, torch.full_like(vocab_id, -1)))
-        table = torch.stack(found, 1) if found else torch.zeros((m, 0), dtype=torch.long)  # [M, longest]
+            keys.append(_key(h1, h2))
+            inside.append(xpos + k < end_of)
+        # One lookup for every (position, length): a few hundred graph nodes fewer than one per length.
+        found = self._lookup(torch.stack(keys, 1).reshape(-1)).reshape(-1, self.longest)  # [M, longest]
+        table = torch.where(torch.stack(inside, 1), found, torch.full_like(found, -1))
         lengths = torch.arange(1, self.longest + 1, dtype=torch.long).unsqueeze(0)
-        best_len = torch.where(table >= 0, lengths, torch.zeros_like(lengths)).max(1).values if self.longest else \
-            torch.zeros_like(x)
+        best_len = torch.where(table >= 0, lengths, torch.zeros_like(lengths)).max(1).values
         best_id = table.gather(1, (best_len - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
-        # The greedy walk, all sub-words at once.
-        p = piece_start.clone()
-        too_long = piece_end - piece_start > self.max_chars
-        failed = too_long
-        emitted, emitted_ids = [], []
-        for _ in range(self.max_chars):
-            live = p < piece_end
-            step = best_len[p.clamp(max=m - 1)]
-            failed = failed | (live & (step == 0))
-            emitted.append(live)
-            emitted_ids.append(best_id[p.clamp(max=m - 1)])
-            p = torch.where(live, p + step.clamp(min=1), p)
-        live = torch.stack(emitted, 1)  # [P, max_chars]
-        ids = torch.stack(emitted_ids, 1)
-        steps = torch.arange(self.max_chars, dtype=torch.long).unsqueeze(0)
-        failed_rows = failed.unsqueeze(1)
-        keep_ids = (failed_rows & (steps == 0)) | (~failed_rows & live)  # (Where has no bool kernel in ORT)
-        ids = torch.where(failed_rows, torch.full_like(ids, self.unk_id), ids)
-        piece_word = wid[piece_start]
-        out_ids = ids[keep_ids]
-        out_word = piece_word.unsqueeze(1).expand(-1, self.max_chars)[keep_ids]
+        # The greedy walk from every sub-word's start at once, by doubling: jump[i] is where the
+        # longest match at i ends (m, a sink, where nothing matches); after level t the marked
+        # positions are those 0 .. 2**(t+1) - 1 jumps from a start. A walk that reaches its
+        # sub-word's end lands on the next one's start, which is marked anyway.
+        sink = torch.zeros(1, dtype=torch.long) + m
+        jump = torch.cat([torch.where(best_len > 0, xpos + best_len, torch.zeros_like(xpos) + m), sink])
+        marked = torch.zeros_like(jump).index_fill(0, piece_start, 1)
+        for _ in range(self.levels):
+            marked = marked.index_fill(0, jump[torch.nonzero(marked).flatten()], 1)
+            jump = jump[jump]
+        visited = marked[:m] > 0
+        stuck = visited & (best_len == 0)
+        failed = (_count_in(stuck, piece_start, piece_end) > 0) | (piece_end - piece_start > self.max_chars)
+        failed_here = _per_char(failed, piece_of)
+        emit = (visited & ~failed_here) | (new_piece & failed_here)
+        at = torch.nonzero(emit).flatten()
+        out_ids = torch.where(failed_here, torch.full_like(best_id, self.unk_id), best_id)[at]
+        out_word = wid[at]
         return word_start, word_end, out_ids, out_word
 
 
