@@ -63,22 +63,25 @@ def export_with_tokenizer(run: str | Path, *, min_agreement: float = 0.99, limit
     folder = run / "onnx"
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / f".{FILE}.staging"
-    _trace(graph, staging)
-    spec_name, texts, expected = _parity_set(reference, limit)
-    session = session_for(staging)
-    same, first_diff = 0, None
-    for text, want in zip(texts, expected):
-        got = task.text_graph_answers(run_text(session, text), graph.names, text)
-        got_keys = [{k: e[k] for k in ("label", "start", "end")} for e in got]
-        if got_keys == want:
-            same += 1
-        elif first_diff is None:
-            first_diff = {"text": text, "graph": got_keys, "predict": want}
-    agreement = same / len(texts) if texts else 1.0
-    passed = agreement >= min_agreement
-    target = folder / FILE if passed else folder / "rejected" / FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging.replace(target)
+    try:
+        _trace(graph, staging)
+        spec_name, texts, expected = _parity_set(reference, limit)
+        session = session_for(staging)
+        same, first_diff = 0, None
+        for text, want in zip(texts, expected):
+            got = task.text_graph_answers(run_text(session, text), graph.names, text)
+            got_keys = [{k: e[k] for k in ("label", "start", "end")} for e in got]
+            if got_keys == want:
+                same += 1
+            elif first_diff is None:
+                first_diff = {"text": text, "graph": got_keys, "predict": want}
+        agreement = same / len(texts) if texts else 1.0
+        passed = agreement >= min_agreement
+        target = folder / FILE if passed else folder / "rejected" / FILE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging.replace(target)  # one rename: a reader never sees half a file
+    finally:
+        staging.unlink(missing_ok=True)
     if passed:
         (folder / "rejected" / FILE).unlink(missing_ok=True)
     else:
