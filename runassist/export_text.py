@@ -64,7 +64,8 @@ def export_with_tokenizer(run: str | Path, *, min_agreement: float = 0.99, limit
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / f".{FILE}.staging"
     try:
-        _trace(graph, staging)
+        # A probe of several windows, so that nothing of the batch's size is traced as a constant.
+        _trace(graph, staging, " ".join([PROBE] * max(2, reference.cfg.model.max_length // 16)))
         spec_name, texts, expected = _parity_set(reference, limit)
         session = session_for(staging)
         same, first_diff = 0, None
@@ -96,7 +97,8 @@ def export_with_tokenizer(run: str | Path, *, min_agreement: float = 0.99, limit
         "outputs": list(graph.output_names),
         "names": graph.names,
         "offsets": "code points, [start, end), as runassist predict reports them",
-        "max_subwords": graph.room,
+        "window": {"subwords": graph.room, "step": graph.step,
+                   "how": "texts longer than one window are read in overlapping windows, as runassist predict does"},
         "parity": {"split": spec_name, "texts": len(texts), "identical": same, "agreement": round(agreement, 6),
                    "min_agreement": min_agreement, "reference": "Predictor, torch fp32", "first_difference": first_diff},
         "bytes": target.stat().st_size,
@@ -109,10 +111,10 @@ def export_with_tokenizer(run: str | Path, *, min_agreement: float = 0.99, limit
     return info
 
 
-def _trace(graph: torch.nn.Module, path: Path) -> None:
+def _trace(graph: torch.nn.Module, path: Path, text: str) -> None:
     import warnings
 
-    probe = torch.tensor([ord(c) for c in PROBE], dtype=torch.int32)
+    probe = torch.tensor([ord(c) for c in text], dtype=torch.int32)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer warns at every shape it records as a constant
         torch.onnx.export(graph, (probe,), str(path), input_names=["codepoints"], output_names=list(graph.output_names),

@@ -40,6 +40,8 @@ TEXTS = [
     "me & john :-) ;) :P <3 xD",
     "\u200bjohn\u00admary \u2028london",
     "über straße İstanbul ΟΔΟΣ",
+    "john smith and mary smith went from london to paris and new york with apple and google people, then "
+    "john went home to london while mary stayed in paris with google and apple loved the story of new york",
     "",
     "   ",
     "john",
@@ -55,7 +57,7 @@ def _train(base: Path) -> Path:
     files = {split: write_conll(base / f"{split}.conll", make_ner_sentences(n, seed))
              for (split, seed), n in zip((("train", 0), ("dev", 1), ("test", 2)), (96, 24, 8))}
     overrides = ner_overrides(files, base.parent / "model", base / "runs", max_steps=80, lr="1e-2",
-                              early_stopping="null", eval_every=80) + ["model.max_length=128"]
+                              early_stopping="null", eval_every=80) + ["model.max_length=16", "model.stride=4"]
     return train_run(load_config(None, overrides), progress=False).run
 
 
@@ -109,6 +111,25 @@ def test_graph_matches_predict_on_raw_text(exported):
     want = _predict(run, TEXTS)
     assert sum(len(row) for row in want) >= 15, "the tiny model should find entities in these texts"
     assert _keys(got) == want
+    # Windows are exercised: the run reads 14 sub-tokens a window (model.max_length=16).
+    from transformers import AutoTokenizer
+
+    from runassist.data.words import tokenize_with_offsets
+
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    lengths = [len(tokenizer(tokenize_with_offsets(t)[0], is_split_into_words=True, add_special_tokens=False)
+                   ["input_ids"]) if t.strip() else 0 for t in TEXTS]
+    assert sum(n > 14 for n in lengths) >= 6 and max(lengths) > 50, lengths
+    # Every word's tag and probability, not only the entities: a word read in another window than
+    # predict reads it has other context, so another probability.
+    from runassist.predict import Predictor
+
+    predictor = Predictor.from_run(run, precision="fp32")
+    examples = predictor.examples(TEXTS)
+    for text, ex, pred in zip(TEXTS, examples, predictor.predict_examples(examples)):
+        _, _, tag, score, *_ = run_text(session, text)
+        assert [info["names"]["tag"][int(k)] for k in tag] == list(pred.tags), repr(text)
+        np.testing.assert_allclose(score, pred.scores, atol=2e-5, err_msg=repr(text))
     # The entity text is the slice of the input that predict reports.
     first = got[0]
     assert [(e["label"], e["text"]) for e in first] == [("PER", "john smith"), ("LOC", "london")]

@@ -203,9 +203,9 @@ class NerTask(BaseTask):
         from runassist.tasks.ner_graph import NerTextGraph
 
         before, after = special_tokens(tokenizer)
-        limit = int(getattr(getattr(model, "config", None), "max_position_embeddings", 0) or 512)
+        room = self.model_cfg.max_length - len(before) - len(after)
         return NerTextGraph(self, model, tokenizer, state.labels or ["O"], entity_types(state.labels or []),
-                            subwords, before, after, limit)
+                            subwords, before, after, room, self.model_cfg.window_stride)
 
     def text_graph_answers(self, outputs: Sequence[Any], names: dict[str, Any], text: str) -> list[dict[str, Any]]:
         """The graph's answer for one text, as ``to_json`` gives its entities (label, start, end)."""
