@@ -40,8 +40,8 @@ TEXTS = [
     "me & john :-) ;) :P <3 xD",
     "\u200bjohn\u00admary \u2028london",
     "über straße İstanbul ΟΔΟΣ",
-    "john smith and mary smith went from london to paris and new york with apple and google people, then "
-    "john went home to london while mary stayed in paris with google and apple loved the story of new york",
+    ("john smith and mary smith went from london to paris and new york with apple and google people, then "
+     "john went home to london while mary stayed in paris with google and apple loved the story of new york"),
     "",
     "   ",
     "john",
