@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup ray browser postgres speech fashion-mnist test test-fast demo demo-ner demo-classify demo-qa demo-asr demo-image demo-lifecycle clean
+.PHONY: setup ray browser postgres speech node fashion-mnist test test-fast demo demo-ner demo-classify demo-qa demo-asr demo-image demo-lifecycle clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,7 +57,14 @@ fashion-mnist:
 	  apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
 	  || echo "dataset-fashion-mnist could not be installed: the fashion-mnist alias and demo-image need it"; }
 
-test: setup browser postgres speech
+# The tokenizer-inclusive ONNX export is tested from Node.js (its test installs onnxruntime-node from npm
+# into ~/.cache/runassist/node). Best effort, like the browser: without node/npm that test skips and says why.
+node:
+	@{ command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; } || \
+	  { (apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null) \
+	  || echo "node/npm could not be installed: the Node.js export test will be skipped"; }
+
+test: setup browser postgres speech node
 	$(BIN)/pytest -q
 
 # The tier without subprocess training, browser or multi-process runs (about 40 s).

@@ -374,12 +374,25 @@ def report(run: Path, output: Optional[Path] = typer.Option(None, "-o", "--outpu
 @app.command()
 def export(run: Path, fmt: str = typer.Option("onnx", "--format", help="onnx"),
            quantize: Optional[str] = typer.Option(None, "--quantize", help="int8"),
-           min_agreement: float = typer.Option(0.98, "--min-agreement", help="parity threshold on dev predictions"),
+           min_agreement: Optional[float] = typer.Option(None, "--min-agreement",
+                                                         help="parity threshold on dev predictions (0.98; 0.99 "
+                                                              "with --with-tokenizer)"),
+           with_tokenizer: bool = typer.Option(False, "--with-tokenizer",
+                                               help="one ONNX file from raw text to answers (tokenizer and "
+                                                    "decoding inside; standard operators only)"),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Export the model for fast CPU inference, with a parity check against torch on the dev split."""
-    from runassist.export import export as export_run
+    if with_tokenizer:
+        from runassist.export_text import export_with_tokenizer
 
-    result = export_run(run, fmt=fmt, quantize=quantize, min_agreement=min_agreement)
+        if quantize:
+            raise typer.BadParameter("--with-tokenizer exports fp32 only; leave out --quantize", param_hint="--quantize")
+        result = export_with_tokenizer(run, min_agreement=0.99 if min_agreement is None else min_agreement)
+    else:
+        from runassist.export import export as export_run
+
+        result = export_run(run, fmt=fmt, quantize=quantize,
+                            min_agreement=0.98 if min_agreement is None else min_agreement)
     if as_json:
         _json(result)
     else:

@@ -74,6 +74,7 @@ class Capabilities:
     # the loss is a mean over tokens and ``Feature.target`` is aligned with ``input_ids``: several
     # inputs can share a training row (train/packing.py)
     packs: bool = False
+    text_graph: bool = False  # text_graph(): raw text to answers in one ONNX graph (export --with-tokenizer)
 
 
 class Task(Protocol):

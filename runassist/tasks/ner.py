@@ -50,7 +50,7 @@ class NerTask(BaseTask):
     name = "ner"
     Section = NerSection
     headline = "f1"
-    capabilities = Capabilities(onnx=True, int8_guard=True, packs=True)
+    capabilities = Capabilities(onnx=True, int8_guard=True, packs=True, text_graph=True)
     peft_task_type = "TOKEN_CLS"
     label_word = "entity type"
     scoring_modes = ("conlleval", "strict")
@@ -197,6 +197,25 @@ class NerTask(BaseTask):
                     scores.append(1.0)
             predictions.append(TagPrediction(tags=tuple(repair_iob2(tags)), scores=tuple(scores)))
         return predictions
+
+    def text_graph(self, model: torch.nn.Module, tokenizer: Any, state: TaskState, subwords: Any) -> torch.nn.Module:
+        """Raw text (code points) -> words, tags and entities, as one module to trace (``tasks.ner_graph``)."""
+        from runassist.tasks.ner_graph import NerTextGraph
+
+        before, after = special_tokens(tokenizer)
+        room = self.model_cfg.max_length - len(before) - len(after)
+        return NerTextGraph(self, model, tokenizer, state.labels or ["O"], entity_types(state.labels or []),
+                            subwords, before, after, room, self.model_cfg.window_stride)
+
+    def text_graph_answers(self, outputs: Sequence[Any], names: dict[str, Any], text: str) -> list[dict[str, Any]]:
+        """The graph's answer for one text, as ``to_json`` gives its entities (label, start, end)."""
+        from runassist.tasks.ner_graph import entities
+
+        return entities(outputs, names, text)
+
+    def text_graph_expected(self, output: dict[str, Any]) -> list[dict[str, Any]]:
+        """What the graph's answer is compared with, from ``to_json``: the entities' label and offsets."""
+        return [{"label": e["label"], "start": e["start"], "end": e["end"]} for e in output.get("entities", [])]
 
     def decision_rows(self, feature: Feature, logits: np.ndarray) -> np.ndarray:
         """The first sub-token of each word this window predicts."""
