@@ -25,7 +25,7 @@ from runassist.predict_workers import trim_memory
 from runassist.tasks import make_task
 from runassist.tasks.base import TaskState
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
 
 
 class Predictor:
@@ -66,6 +66,10 @@ class Predictor:
 
             model = OnnxModel.load(run)
             guard = Guard.load(run, model)
+        elif backend == "openvino":  # the fp32 export in OpenVINO: bf16 by itself on CPUs with AMX / avx512_bf16
+            from runassist.openvino_runtime import OpenVinoModel
+
+            model = OpenVinoModel.load(run)
         elif saved.get("adapter"):
             from peft import PeftModel
 
