@@ -1,5 +1,7 @@
-"""``--backend openvino``: the export checks the fp32 graph in OpenVINO, and the backend serves
-only an export whose check passed, with the same answers as torch through the same Predictor."""
+"""Faster prediction paths beside torch eager and ONNX Runtime (bench/README.md, "torch.compile and
+OpenVINO"). ``--backend openvino``: the export checks the fp32 graph in OpenVINO, and the backend
+serves only an export whose check passed, with torch's answers through the same Predictor.
+``--compile``: the torch model under ``torch.compile``, same answers."""
 
 from __future__ import annotations
 
@@ -17,28 +19,38 @@ from runassist.predict import Predictor
 from runassist.tasks import load_config
 from runassist.train.run import train
 
-ov = pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'runassist[openvino]')")
-
-from runassist.openvino_runtime import CHECK, OpenVinoModel  # noqa: E402
-
 TEXTS = ["john smith went to paris", "mary visited google in new york with apple", "london",
          " ".join(["john went to paris and london"] * 12)]  # last: several windows
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_model, tmp_path_factory):
+def ner_run(tiny_model, tmp_path_factory):
     from conftest import make_ner_sentences, write_conll
 
     torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("openvino-ner")
+    tmp = tmp_path_factory.mktemp("backends-ner")
     files = {s: write_conll(tmp / f"{s}.conll", make_ner_sentences(n, seed))
              for s, n, seed in (("train", 64, 0), ("dev", 16, 1), ("test", 16, 2))}
     cfg = load_config(None, ner_overrides(files, tiny_model, tmp / "runs", max_steps=24, early_stopping="null"))
-    run = train(cfg, progress=False).run
-    return run, export(run)
+    return train(cfg, progress=False).run
+
+
+@pytest.fixture(scope="module")
+def exported(ner_run):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'runassist[openvino]')")
+    return ner_run, export(ner_run)
+
+
+def _ov():
+    import openvino
+
+    from runassist.openvino_runtime import CHECK, OpenVinoModel
+
+    return openvino, CHECK, OpenVinoModel
 
 
 def test_export_checks_openvino_and_the_backend_answers_like_torch(exported):
+    ov, CHECK, OpenVinoModel = _ov()
     run, result = exported
     check = result["checks"][CHECK]
     parity = json.loads((run / "onnx" / "parity.json").read_text())
@@ -89,6 +101,7 @@ def test_cli_predicts_with_openvino(exported, tmp_path):
 def test_refuses_an_export_it_did_not_check(exported, tmp_path, monkeypatch):
     import shutil
 
+    _, CHECK, _ = _ov()
     run, _ = exported
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"))
@@ -116,3 +129,39 @@ def test_refuses_an_export_it_did_not_check(exported, tmp_path, monkeypatch):
     from runassist import openvino_runtime
 
     assert openvino_runtime.available() is False
+
+
+def test_compile_is_for_the_torch_backend(ner_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from runassist.cli import app
+
+    with pytest.raises(RunassistError, match="--compile compiles the torch model; the onnx backend"):
+        Predictor.from_run(ner_run, backend="onnx", compile=True)
+    source = tmp_path / "in.txt"
+    source.write_text("london\n", encoding="utf-8")
+    outcome = CliRunner().invoke(app, ["predict", str(ner_run), str(source), "--compile", "--engine", "ray",
+                                       "-o", str(tmp_path / "out")])
+    assert isinstance(outcome.exception, RunassistError)  # main() prints it as `error: ...`
+    assert "--compile is for the local engine" in str(outcome.exception)
+
+
+@pytest.mark.slow  # Inductor compiles the tiny model: ~20 s on one thread
+def test_compiled_predictor_answers_like_eager(ner_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from runassist.cli import app
+
+    eager = Predictor.from_run(ner_run, precision="fp32", threads=1)
+    fast = Predictor.from_run(ner_run, precision="fp32", threads=1, compile=True)
+    assert fast.compiled and isinstance(fast.model, torch._dynamo.eval_frame.OptimizedModule)
+    assert [r["tags"] for r in fast.predict(TEXTS)] == [r["tags"] for r in eager.predict(TEXTS)]
+
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    outcome = CliRunner().invoke(app, ["predict", str(ner_run), str(source), "-o", str(out), "--compile",
+                                       "--precision", "fp32", "-q"])
+    assert outcome.exit_code == 0, outcome.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["entities"] for r in rows] == [r["entities"] for r in eager.predict(TEXTS)]
