@@ -33,9 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEMO, log  # noqa: E402  (sets the offline environment first)
-
-import torch  # noqa: E402
+import torch
+from common import DEMO, log  # sets the offline environment (before transformers is imported)
 
 MODES = ("eager", "compile", "dynamic")  # compile: torch.compile(model); dynamic: ... dynamic=True
 
@@ -138,8 +137,8 @@ def grad_parity(*, task, processor, features, weights, settings, source, state, 
 def bench_train(args) -> dict:
     setup = training_setup(args.threads)
     cfg, task, processor, features, weights, settings, source, state = setup
-    common = dict(cfg=cfg, task=task, processor=processor, features=features, weights=weights, settings=settings,
-                  source=source, state=state)
+    common = {"cfg": cfg, "task": task, "processor": processor, "features": features, "weights": weights,
+              "settings": settings, "source": source, "state": state}
     rows = {}
     for precision in args.precisions:
         names = [f"{precision}/{m}" for m in ("eager", *args.modes)]

@@ -28,50 +28,13 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-from common import log  # noqa: E402  (sets the offline environment first)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-
-class OvModel:
-    """An OpenVINO compiled model that answers like ``onnx_runtime.OnnxModel`` (``model(**batch)``
-    with torch tensors out), so the Predictor, its guard and ``export._calibrate`` take it."""
-
-    device = torch.device("cpu")
-    training = False
-
-    def __init__(self, model, *, threads: int, precision: str, name: str):
-        import openvino as ov
-
-        self.path = Path(name)
-        self.threads = threads
-        core = ov.Core()
-        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                          "INFERENCE_PRECISION_HINT": precision,
-                                                          "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self.request = self.compiled.create_infer_request()
-        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
-        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
-
-    def eval(self) -> "OvModel":
-        return self
-
-    def __call__(self, **batch: torch.Tensor) -> SimpleNamespace:
-        feed = {}
-        for name in self.input_names:
-            value = batch.get(name)
-            if value is None:
-                value = torch.zeros_like(batch["input_ids"])  # token_type_ids, as OnnxModel does
-            feed[name] = value.numpy().astype(np.int64, copy=False)
-        out = self.request.infer(feed)
-        return SimpleNamespace(**{name: torch.from_numpy(np.array(out[o]))
-                                  for name, o in zip(self.output_names, self.compiled.outputs)})
+import numpy as np
+import torch
+from common import log  # sets the offline environment (before transformers is imported)
 
 
 def nncf_int8(fp32_path: Path, reference, n: int):
@@ -117,7 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     from runassist.export import _calibrate
     from runassist.onnx_runtime import FP32, INT8, Guard, OnnxModel
+    from runassist.openvino_runtime import OpenVinoModel
     from runassist.predict import Predictor
+
+    def ov_model(path, *, precision):
+        return OpenVinoModel(path, threads=args.threads, precision=precision)
 
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
@@ -134,29 +101,26 @@ def main(argv: list[str] | None = None) -> dict:
             return Predictor(run=run, task=served.task, model=model, processor=served.processor, state=served.state,
                              cfg=served.cfg, batch_size=64, backend="onnx", guard=guard)
 
-        core = ov.Core()
-        fp32_graph, int8_graph = core.read_model(str(folder / FP32)), core.read_model(str(folder / INT8))
-        ov_fp32 = OvModel(fp32_graph, threads=args.threads, precision="f32", name="ov_fp32_f32")
+        fp32_graph, int8_graph = folder / FP32, folder / INT8
+        ov_fp32 = ov_model(fp32_graph, precision="f32")
         contestants = {"ort_int8": served,
                        "ort_int8_unguarded": predictor(OnnxModel(folder / INT8, threads=args.threads)),
                        "ov_fp32_f32": predictor(ov_fp32),
-                       "ov_fp32_bf16": predictor(OvModel(fp32_graph, threads=args.threads, precision="bf16",
-                                                         name="ov_fp32_bf16")),
-                       "ov_int8_ort": predictor(OvModel(int8_graph, threads=args.threads, precision="f32",
-                                                        name="ov_int8_ort"))}
+                       "ov_fp32_bf16": predictor(ov_model(fp32_graph, precision="bf16")),
+                       "ov_int8_ort": predictor(ov_model(int8_graph, precision="f32"))}
         nncf_info = None
         if "ov_int8_nncf" not in skip:
             t = time.perf_counter()
-            quantized = nncf_int8(folder / FP32, reference, args.calibration)
+            quantized = Path(tempfile.mkdtemp(prefix="ov-nncf-")) / "model.int8.xml"
+            ov.save_model(nncf_int8(folder / FP32, reference, args.calibration), str(quantized))
             nncf_s = time.perf_counter() - t
-            ov_nncf = OvModel(quantized, threads=args.threads, precision="f32", name="ov_int8_nncf")
+            ov_nncf = ov_model(quantized, precision="f32")
             calibration = _calibrate(reference, ov_fp32, ov_nncf)
             nncf_info = {"quantize_seconds": round(nncf_s, 1), "calibration_sentences": args.calibration,
                          "guard": calibration}
             contestants["ov_int8_nncf"] = predictor(ov_nncf)
             contestants["ov_int8_nncf_guarded"] = predictor(ov_nncf, Guard(ov_fp32, calibration["threshold"]))
-            contestants["ov_int8_nncf_bf16"] = predictor(OvModel(quantized, threads=args.threads, precision="bf16",
-                                                                 name="ov_int8_nncf_bf16"))
+            contestants["ov_int8_nncf_bf16"] = predictor(ov_model(quantized, precision="bf16"))
         for name in skip & set(contestants):
             del contestants[name]
         log(f"{len(texts)} texts, {args.rounds} rounds, {args.threads} thread(s); torch fp32 reference ...")
@@ -184,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         speed = len(texts) / seconds[name]
         row = {"texts_per_second": round(speed, 1), "vs_ort_int8": round(speed / base, 3),
                "identical_to_torch_fp32": round(sum(a == b for a, b in zip(outputs[name], truth)) / len(texts), 4)}
-        if isinstance(p.model, OvModel):
+        if isinstance(p.model, OpenVinoModel):
             row["inference_precision_hint"] = p.model.precision
         if p.guard is not None:
             row["guard"] = p.guard.describe()

@@ -71,7 +71,7 @@ class OpenVinoModel:
         self._local = threading.local()  # an infer request is not thread-safe: one per thread
 
     @classmethod
-    def load(cls, run: str | Path, *, threads: int | None = None) -> "OpenVinoModel":
+    def load(cls, run: str | Path, *, threads: int | None = None) -> OpenVinoModel:
         """The run's fp32 export, if its export checked it with OpenVINO and it passed."""
         _require()
         folder = Path(run) / "onnx"
@@ -88,10 +88,10 @@ class OpenVinoModel:
                                  f"the export's --min-agreement; use --backend onnx or torch")
         return cls(folder / FP32, threads=threads)
 
-    def eval(self) -> "OpenVinoModel":
+    def eval(self) -> OpenVinoModel:
         return self
 
-    def train(self, mode: bool = True) -> "OpenVinoModel":
+    def train(self, mode: bool = True) -> OpenVinoModel:
         if mode:
             raise RunassistError("an OpenVINO model cannot be trained; use the torch backend")
         return self

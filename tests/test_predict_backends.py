@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import ner_overrides
+
 from runassist.errors import RunassistError
 from runassist.export import export
 from runassist.predict import Predictor
