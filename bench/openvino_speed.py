@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
                        "ov_fp32_bf16": predictor(ov_model(fp32_graph, precision="bf16")),
                        "ov_int8_ort": predictor(ov_model(int8_graph, precision="f32"))}
         nncf_info = None
+        if "ov_int8_nncf" not in skip and _version("nncf") is None:
+            log("nncf is not installed (pip install nncf==3.4.0): skipping the NNCF int8 contestants")
+            skip.add("ov_int8_nncf")
         if "ov_int8_nncf" not in skip:
             t = time.perf_counter()
             quantized = Path(tempfile.mkdtemp(prefix="ov-nncf-")) / "model.int8.xml"
