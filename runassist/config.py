@@ -119,6 +119,7 @@ class TrainConfig(_Section):
     # (padded random batches); auto packs where the task and model can (bench/README.md, "Batching")
     batching: Literal["auto", "packed", "grouped", "random"] = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    # torch.compile: slower on CPU (0.89-0.96x eager, fp32 and bf16, packed batches) and 25-180 s to compile
     compile: bool = False
     threads: int | None = Field(None, ge=1)  # None: one per free core
     # model.source is a trained run's model: keep its labels in their order, with their head rows

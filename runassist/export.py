@@ -25,6 +25,9 @@ positions decoding reads) is below a threshold is run again through the fp32 gra
 threshold is twice the 99.9th percentile of |int8 - fp32| differences of the logits decoding
 reads, on a sample of the training split (dev if it is gone), measured at export; parity is then checked on dev
 with the guard on, and the unguarded figures are kept beside it in parity.json.
+
+With ``openvino`` installed, the fp32 file is also checked as OpenVINO runs it (``checks.openvino``,
+with the precision its CPU plugin chose): ``--backend openvino`` serves only an export whose check passed.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import numpy as np
 import torch
 
 from runassist.atomic import write_json
-from runassist import runs
+from runassist import openvino_runtime, runs
 from runassist.errors import RunassistError
 from runassist.onnx_runtime import FP32, INT8, Guard, OnnxModel
 
@@ -125,6 +128,10 @@ def export(run: str | Path, *, fmt: str = "onnx", quantize: str | None = None,
         files[FP32] = (staging / FP32, FP32)
         fp32 = OnnxModel(staging / FP32)  # one session: checked, then the int8 files' calibration and guard
         checks[FP32] = check(fp32)
+        if openvino_runtime.available():  # what `--backend openvino` runs: the same file, in OpenVINO
+            ov_model = openvino_runtime.OpenVinoModel(staging / FP32)
+            checks[openvino_runtime.CHECK] = {"precision": ov_model.precision, **check(ov_model)}
+            del ov_model
         if quantize == "int8":
             for method in INT8_METHODS:
                 path = staging / f"model.int8.{method}.onnx"

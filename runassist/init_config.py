@@ -63,7 +63,8 @@ COMMENTS: dict[str, str] = {
                        "and no padding (NER); grouped: similar lengths together, fast but cost ~0.02 F1 on "
                        "WNUT-16; auto packs where the task and model can, else random"),
     "train.gradient_checkpointing": "recompute activations during backward: much less memory, ~30% slower",
-    "train.compile": "torch.compile the model: sometimes faster on GPU, slower to start",
+    "train.compile": ("torch.compile the model. On CPU it measured 0.89-0.96x eager's speed, plus 25-180 s of "
+                      "compiling (bench/README.md), so it is off by default; maybe worth trying on a GPU"),
     "train.extend_labels": ("model.source is a trained run's model: keep its labels and head rows, add new "
                             "labels after them (runassist retrain sets it)"),
     "train.threads": "CPU threads; empty picks the free cores (a busy core makes 2 threads much slower than 1)",

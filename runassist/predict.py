@@ -25,29 +25,37 @@ from runassist.predict_workers import trim_memory
 from runassist.tasks import make_task
 from runassist.tasks.base import TaskState
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
 
 
 class Predictor:
     def __init__(self, *, run: Path, task: Any, model: Any, processor: Any, state: TaskState, cfg: Any,
-                 precision: str = "fp32", batch_size: int = 64, backend: str = "torch", guard: Any = None):
+                 precision: str = "fp32", batch_size: int = 64, backend: str = "torch", guard: Any = None,
+                 compiled: bool = False):
         self.run, self.task, self.model, self.processor, self.state, self.cfg = run, task, model, processor, state, cfg
-        self.batch_size, self.backend, self.precision = batch_size, backend, precision
+        self.batch_size, self.backend, self.precision, self.compiled = batch_size, backend, precision, compiled
         self.guard = guard  # onnx_runtime.Guard: an int8 export's full-precision re-check, else None
         bf16 = precision == "bf16" and backend == "torch"
         self._autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else None
 
     @classmethod
     def from_run(cls, run: str | Path, *, backend: str = "torch", precision: str = "auto",
-                 batch_size: int = 64, threads: int | None = None) -> Predictor:
+                 batch_size: int = 64, threads: int | None = None, compile: bool = False) -> Predictor:
         """Load a trained run. ``precision="auto"`` predicts in the precision the run was trained and
         scored in (bf16 on CPUs that run it fast: ~1.8x faster than fp32 here, with 99.9% identical
-        entities), so `evaluate` reproduces the scores in summary.json."""
+        entities), so `evaluate` reproduces the scores in summary.json.
+
+        ``compile`` (torch backend): ``torch.compile(model, dynamic=True)``. On the NER demo in bf16
+        it predicted 1.29x the texts/s of eager after ~50 s of compiling the first batches (fp32:
+        ~1.0-1.08x), 99.9% identical entities: worth it for inputs of tens of thousands of texts,
+        not for a few (bench/README.md, "torch.compile and OpenVINO")."""
         from runassist.tasks.hf import quiet_transformers
 
         run = runs.require(Path(run), "config.yaml", "model/task.json")
         if backend not in BACKENDS:
             raise RunassistError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        if compile and backend != "torch":
+            raise RunassistError(f"--compile compiles the torch model; the {backend} backend runs an exported graph")
         if precision not in ("auto", "fp32", "bf16"):
             raise RunassistError(f"--precision {precision!r}: choose one of auto, fp32, bf16")
         if precision == "auto":
@@ -66,6 +74,10 @@ class Predictor:
 
             model = OnnxModel.load(run)
             guard = Guard.load(run, model)
+        elif backend == "openvino":  # the fp32 export in OpenVINO: bf16 by itself on CPUs with AMX / avx512_bf16
+            from runassist.openvino_runtime import OpenVinoModel
+
+            model = OpenVinoModel.load(run)
         elif saved.get("adapter"):
             from peft import PeftModel
 
@@ -77,8 +89,11 @@ class Predictor:
             model = task.build_model(str(run / "model"), state)
         if hasattr(model, "eval"):
             model.eval()
+        if compile:
+            # dynamic: every length-sorted batch has another length; static shapes would recompile for each.
+            model = torch.compile(model, dynamic=True)
         return cls(run=run, task=task, model=model, processor=processor, state=state, cfg=cfg,
-                   precision=precision, batch_size=batch_size, backend=backend, guard=guard)
+                   precision=precision, batch_size=batch_size, backend=backend, guard=guard, compiled=compile)
 
     # -- predicting ---------------------------------------------------------
     def examples(self, inputs: Sequence[Any]) -> list[Any]:
@@ -204,7 +219,8 @@ def predict_file(predictor: Predictor, source: str, output: str | None = None, *
             from runassist.predict_workers import predict_in_processes
 
             load = functools.partial(Predictor.from_run, predictor.run, backend=predictor.backend,
-                                     precision=predictor.precision, batch_size=predictor.batch_size)
+                                     precision=predictor.precision, batch_size=predictor.batch_size,
+                                     compile=predictor.compiled)
             results = predict_in_processes(load, chunks, fmt, workers=workers)
         else:
             results = _predict_here(predictor, chunks, fmt)

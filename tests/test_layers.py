@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("runassist.tasks",),
     ("runassist.cache", "runassist.inference", "runassist.runs", "runassist.registry", "runassist.feedback"),
     ("runassist.train",),
-    ("runassist.onnx_runtime", "runassist.predict", "runassist.predict_input", "runassist.predict_output",
+    ("runassist.onnx_runtime", "runassist.openvino_runtime", "runassist.predict", "runassist.predict_input", "runassist.predict_output",
      "runassist.predict_progress", "runassist.predict_workers"),
     ("runassist.predict_ray",),
     ("runassist.evaluate", "runassist.export", "runassist.export_text", "runassist.node_js", "runassist.compare", "runassist.report", "runassist.agent",
