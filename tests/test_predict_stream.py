@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from legacy_predict import legacy_predict_file
 from serve_fixtures import RUNASSIST, subprocess_env, tiny_run  # noqa: F401  (tiny_run is a fixture)
 
 from runassist.errors import DataError, RunassistError
-from runassist.predict import Predictor, predict_file, predict_in_chunks
+from runassist.predict import Predictor, predict_file
 from runassist.predict_input import read_chunks
 from runassist.predict_output import ResumableOutput
 
@@ -90,13 +91,34 @@ def test_the_reader_never_holds_more_than_a_chunk(predictor, tmp_path):
     assert [c.index for c in chunks] == [3, 4] and chunks[-1].read_bytes == lines.stat().st_size
 
 
-def test_evaluate_predicts_a_chunk_at_a_time(predictor, tiny_run, tmp_path):  # noqa: F811
-    examples = predictor.task.read(str(_inputs(tmp_path)["conll"]))
-    counter: dict[str, int] = {}
-    chunked = predict_in_chunks(predictor, examples, 5, counter=counter)
-    assert counter["max_features"] == 5
+def test_evaluate_holds_one_chunk_of_outputs_and_scores_as_before(predictor, tiny_run, tmp_path, monkeypatch):  # noqa: F811
+    from runassist.evaluate import evaluate
+
+    source = _inputs(tmp_path)["conll"]
+    task = predictor.task
+    examples = task.read(str(source))
+    # before: everything predicted at once, scored and written whole
     whole = predictor.predict_examples(examples)
-    assert [p.tags for p in chunked] == [p.tags for p in whole]
+    before = task.score(examples, whole, predictor.state)
+    before_file = task.write_predictions(tmp_path / "before", examples, whole).read_bytes()
+    del whole
+
+    alive: list[weakref.ref] = []
+    most: list[int] = []
+    predict = predictor.predict_examples
+
+    def counting(part):  # how many predictions of earlier chunks are still held when a chunk starts
+        most.append(sum(ref() is not None for ref in alive))
+        out = predict(part)
+        alive.extend(weakref.ref(p) for p in out)
+        return out
+
+    monkeypatch.setattr(predictor, "predict_examples", counting)
+    result = evaluate(tiny_run.run, data=str(source), predictor=predictor, chunk_size=5)
+    assert len(most) == 5 and max(most) == 0  # 23 sentences, 5 at a time; none held past its chunk
+    assert result["scores"] == before and result["scores"]["counts"]["gold"] > 0
+    assert Path(result["files"]["predictions"]).read_bytes() == before_file
+    assert json.loads(Path(result["files"]["scores"]).read_text()) == json.loads(json.dumps(before))
 
 
 def test_errors_name_the_file_and_line(predictor, tmp_path):
