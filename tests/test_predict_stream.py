@@ -18,6 +18,7 @@ import time
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import WORDS, make_ner_sentences, write_conll
 from legacy_predict import legacy_predict_file
@@ -309,3 +310,37 @@ def test_predict_into_a_pipe_keeps_the_pipe(predictor, tmp_path):
     assert not list(tmp_path.glob("out-pipe.*"))  # no .partial / .progress beside it
     with pytest.raises(RunassistError, match="device or a pipe"):
         predict_file(predictor, str(source), str(fifo), resume=True, quiet=True)
+
+
+def test_inference_pads_to_few_batch_shapes_with_the_same_outputs(predictor, monkeypatch):
+    """One batch shape per length made the CPU backend's memory grow with the file (bench/README.md):
+    inference pads token batches to a multiple of 16, and the outputs are those of unpadded batches."""
+    import runassist.inference as inference
+    from runassist.tasks.base import pad_inputs, padded_to_multiple
+
+    task = predictor.task
+    examples = predictor.examples([" ".join(random.Random(i).choice(WORDS) for _ in range(3 + i % 40))
+                                   for i in range(120)])
+    features = task.encode(examples, predictor.processor, predictor.state)
+    shapes: list[tuple[int, int]] = []
+    collate = task.collate
+
+    def recording(batch_features, processor):
+        batch = collate(batch_features, processor)
+        shapes.append(tuple(batch["input_ids"].shape))
+        return batch
+
+    monkeypatch.setattr(task, "collate", recording)
+    padded = inference.outputs_for(task, predictor.model, features, predictor.processor, predictor.state, batch_size=8)
+    lengths = {length for _, length in shapes}
+    assert all(length % 16 == 0 for length in lengths) and len(lengths) <= 4 < len({f.size for f in features})
+    monkeypatch.setattr(inference, "PAD_MULTIPLE", 1)
+    plain = inference.outputs_for(task, predictor.model, features, predictor.processor, predictor.state, batch_size=8)
+    assert all(a.shape == b.shape and np.allclose(a, b, atol=1e-5) for a, b in zip(padded, plain))
+    # the padding is masked out, never past the tokenizer's limit, and only inside the context
+    with padded_to_multiple(16, limit=20):
+        batch = pad_inputs(features[:1], 0)
+    size = features[0].size
+    assert batch["input_ids"].shape[1] == max(size, min(-(-size // 16) * 16, 20))
+    assert batch["attention_mask"][0].tolist() == [1] * size + [0] * (batch["input_ids"].shape[1] - size)
+    assert pad_inputs(features[:1], 0)["input_ids"].shape[1] == size
