@@ -28,7 +28,7 @@ setup: $(STAMP)
 # browser: `make test` runs it, and where pip cannot install Ray (no wheel for this platform or Python)
 # the Ray test skips and says why. requirements.lock constrains it, so nothing pinned there moves.
 ray: setup
-	@$(BIN)/python -m pip install -q -c requirements.lock -r requirements-ray.lock \
+	@$(BIN)/python -m pip install -q --no-warn-conflicts -c requirements.lock -r requirements-ray.lock \
 	  || echo "Ray could not be installed: the --engine ray test will be skipped"
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 
