@@ -344,3 +344,21 @@ def test_inference_pads_to_few_batch_shapes_with_the_same_outputs(predictor, mon
     assert batch["input_ids"].shape[1] == max(size, min(-(-size // 16) * 16, 20))
     assert batch["attention_mask"][0].tolist() == [1] * size + [0] * (batch["input_ids"].shape[1] - size)
     assert pad_inputs(features[:1], 0)["input_ids"].shape[1] == size
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_two_processes_writes_the_bytes_one_writes(predictor, tiny_run, tmp_path):  # noqa: F811
+    source = _long_file(tmp_path / "long.txt", 130)
+    predict_file(predictor, str(source), str(tmp_path / "one.conll"), fmt="conll", chunk_size=20)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**subprocess_env(), "ACCELERATE_USE_CPU": "1"}  # --multi_gpu + CPU: two gloo processes (test_distributed)
+    # CoNLL: a blank line joins two chunks, so the parts must be joined in order. 7 chunks: ranks 0 and 1
+    # take turns, and the last chunk is short.
+    done = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "runassist.cli", "predict",
+                           str(tiny_run.run), str(source), "-o", str(tmp_path / "two.conll"), "--format", "conll",
+                           "--chunk-size", "20", "-q"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "two.conll").read_bytes() == (tmp_path / "one.conll").read_bytes()
+    assert (tmp_path / "one.conll").read_text().count("\n\n") == 129
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("two.")] == ["two.conll"]  # parts removed
