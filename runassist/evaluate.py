@@ -7,9 +7,8 @@ from typing import Any
 
 from runassist.atomic import atomic_open, write_json
 from runassist.errors import RunassistError
-from runassist.runs import split_name
 from runassist.predict import Predictor
-
+from runassist.runs import split_name
 
 # Larger than prediction's chunks: a test set of up to this many examples is batched exactly as
 # training scored it (length-sorted as a whole), so `evaluate` reproduces summary.json; past it the

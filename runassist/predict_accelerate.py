@@ -16,6 +16,7 @@ input, which costs little beside the model on a GPU. For several machines, use `
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,8 @@ def _sizes_path(part: Path) -> Path:
 def _join(out: Path, world: int, empty: str) -> None:
     parts = [_part(out, rank) for rank in range(world)]
     sizes = [read_json(_sizes_path(p))["sizes"] for p in parts]
-    handles = [open(p, "rb") for p in parts]
-    try:
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(open(p, "rb")) for p in parts]
         with atomic_open(out, "wb") as target:
             if not any(sizes):
                 target.write(empty.encode("utf-8"))
@@ -98,9 +99,6 @@ def _join(out: Path, world: int, empty: str) -> None:
                         raise RunassistError(f"{parts[rank]}: shorter than its sizes say")
                     target.write(piece)
                     remaining -= len(piece)
-    finally:
-        for handle in handles:
-            handle.close()
     for p in parts:
         p.unlink(missing_ok=True)
         _sizes_path(p).unlink(missing_ok=True)
