@@ -24,10 +24,12 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
-# `runassist predict --engine ray` (optional; the default install and `make test` do without it: its
-# test skips and says why). The pins are pyproject.toml's `ray` extra; torch stays at 2.13.0.
+# `runassist predict --engine ray` (optional: never needed for the default path). Best effort, like the
+# browser: `make test` runs it, and where pip cannot install Ray (no wheel for this platform or Python)
+# the Ray test skips and says why. requirements.lock constrains it, so nothing pinned there moves.
 ray: setup
-	$(BIN)/python -m pip install -q "ray[data]==2.60.0" pandas==3.1.1 pyarrow==26.0.1 msgpack==1.2.4
+	@$(BIN)/python -m pip install -q --no-warn-conflicts -c requirements.lock -r requirements-ray.lock \
+	  || echo "Ray could not be installed: the --engine ray test will be skipped"
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 
 # The browser test drives Debian's Chromium (Playwright must not download its own browser).
@@ -64,7 +66,7 @@ node:
 	  { (apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null) \
 	  || echo "node/npm could not be installed: the Node.js export test will be skipped"; }
 
-test: setup browser postgres speech node
+test: setup browser postgres speech node ray
 	$(BIN)/pytest -q
 
 # The tier without subprocess training, browser or multi-process runs (about 40 s).

@@ -273,7 +273,8 @@ def predict(run: str = typer.Argument(..., help="a run folder, or FIRST,SECOND t
                                                                 "after its last complete chunk"),
             workers: int = typer.Option(1, "--workers", help="processes on this machine (threads shared out)"),
             engine: str = typer.Option("local", "--engine", help="local | ray (Ray Data map_batches; "
-                                                                 "pip install 'runassist[ray]')"),
+                                                                 "pip install 'runassist[ray]') | accelerate "
+                                                                 "(taken by itself under accelerate launch)"),
             quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress")) -> None:
     """Predict every item of INPUT (CoNLL, JSONL, CSV/TSV, or text with one document a line; blank
     lines are skipped), a chunk at a time in constant memory, with progress on stderr. CSV/TSV rows
@@ -285,9 +286,18 @@ def predict(run: str = typer.Argument(..., help="a run folder, or FIRST,SECOND t
         return Predictor.from_run(Path(path), backend=backend, batch_size=batch_size, precision=precision,
                                   compile=compile_model)
 
-    if engine not in ("local", "ray"):
-        raise RunassistError(f"--engine {engine!r}: choose local or ray")
-    if engine == "ray":
+    from runassist.predict_accelerate import launched, predict_launched
+
+    if engine not in ("local", "ray", "accelerate"):
+        raise RunassistError(f"--engine {engine!r}: choose local, ray or accelerate")
+    if engine == "local" and launched():  # every launched process would otherwise write the whole file
+        engine = "accelerate"
+    if engine == "accelerate":
+        if resume or workers > 1:
+            raise RunassistError("--resume and --workers are for the local engine: under accelerate launch the "
+                                 "launched processes share the chunks")
+        n = predict_launched(load(run), source, output, fmt=fmt, chunk_size=chunk_size)
+    elif engine == "ray":
         from runassist.predict_ray import predict_ray
 
         if compile_model:

@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from runassist.atomic import atomic_open, write_json
 from runassist.errors import RunassistError
-from runassist.inference import write_eval
+from runassist.predict import Predictor
 from runassist.runs import split_name
-from runassist.predict import Predictor, predict_in_chunks
-
 
 # Larger than prediction's chunks: a test set of up to this many examples is batched exactly as
 # training scored it (length-sorted as a whole), so `evaluate` reproduces summary.json; past it the
-# logits are still freed every chunk.
+# outputs of only one chunk are held at a time.
 EVAL_CHUNK_SIZE = 10_000
 
 
@@ -32,9 +31,10 @@ def resolve_split(cfg: Any, data: str | None) -> str:
 
 def evaluate(run: str | Path, *, data: str | None = None, mode: str | None = None,
              predictor: Predictor | None = None, chunk_size: int = EVAL_CHUNK_SIZE) -> dict[str, Any]:
-    """Scores of a run on a split. Predicted ``chunk_size`` examples at a time: the features and the
-    model's outputs (per-token logits: the big part) of a chunk are dropped once it is decoded, so
-    only the examples and their predictions stay for scoring, whatever the test set's size."""
+    """Scores of a run on a split, predicted ``chunk_size`` examples at a time. Each chunk's predictions
+    go to the task's scorer (``task.scorer``: entity counts for NER, label pairs for classification)
+    and to eval/<split>.* at once, then are dropped: one chunk's features, logits and predictions are
+    held at a time, whatever the test set's size. The scores are those of scoring all at once."""
     predictor = predictor or Predictor.from_run(run)
     spec = resolve_split(predictor.cfg, data)
     task = predictor.task
@@ -46,9 +46,19 @@ def evaluate(run: str | Path, *, data: str | None = None, mode: str | None = Non
     examples = task.read(spec)
     if data in (None, "dev", "test"):  # the run's own split, as many examples as the run scored
         examples = examples[:predictor.cfg.data.max_eval_examples]
-    predictions = predict_in_chunks(predictor, examples, chunk_size)
-    scores = task.score(examples, predictions, predictor.state)
     # The default way keeps the plain name; another way gets its own files beside it.
     name = split_name(spec) + (f"-{mode}" if mode and mode != task.scoring_modes[0] else "")
-    files = write_eval(predictor.run, name, task, examples, predictions, scores)
+    folder = Path(predictor.run) / "eval"
+    scorer = task.scorer(predictor.state)
+    pred_path = folder / f"{name}{task.prediction_suffix}"
+    with atomic_open(pred_path, newline="\n") as out:  # the old file stays until the new one is whole
+        for start in range(0, len(examples), chunk_size):
+            part = examples[start:start + chunk_size]
+            predictions = predictor.predict_examples(part)
+            scorer.add(part, predictions)
+            out.write(task.prediction_text(part, predictions, first=start == 0))
+            del predictions
+    scores = scorer.result()
+    write_json(folder / f"{name}.json", scores)
+    files = {"scores": str(folder / f"{name}.json"), "predictions": str(pred_path)}
     return {"split": name, "data": spec, "scores": scores, "files": files}

@@ -9,7 +9,11 @@ from typing import Any, Sequence
 import torch
 
 from runassist.atomic import write_json
-from runassist.tasks.base import Feature
+from runassist.tasks.base import Feature, padded_to_multiple
+
+# Token batches at inference are padded to a multiple of this many positions: a few batch shapes
+# instead of one per length keeps the CPU backend's memory flat over long files (tasks.base).
+PAD_MULTIPLE = 16
 
 
 def length_sorted_batches(features: Sequence[Feature], batch_size: int) -> list[list[int]]:
@@ -35,9 +39,12 @@ def outputs_for(task: Any, model: Any, features: Sequence[Feature], processor: A
     device = device or getattr(model, "device", None) or next(model.parameters()).device
     out: list[Any] = [None] * len(features)
     batch_size = min(batch_size, getattr(task, "max_batch", None) or batch_size)
+    limit = getattr(processor, "model_max_length", None)
+    limit = limit if isinstance(limit, int) and limit < 1_000_000 else None  # "no limit" is 1e30 in transformers
     for idx in length_sorted_batches(features, batch_size):
         chunk = [features[i] for i in idx]
-        batch = task.collate([_unlabelled(f) for f in chunk], processor)
+        with padded_to_multiple(PAD_MULTIPLE, limit):
+            batch = task.collate([_unlabelled(f) for f in chunk], processor)
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast() if autocast else contextlib.nullcontext():
             results = task.infer(model, batch, chunk, processor)

@@ -234,19 +234,6 @@ def predict_file(predictor: Predictor, source: str, output: str | None = None, *
     return sink.items
 
 
-def predict_in_chunks(predictor: Predictor, examples: Sequence[Any], chunk_size: int = DEFAULT_CHUNK_SIZE,
-                      *, counter: dict[str, int] | None = None) -> list[Any]:
-    """Predictions for ``examples``, ``chunk_size`` at a time: a chunk's features and outputs are freed
-    before the next is encoded (``counter["max_features"]``: the most examples in flight, for tests)."""
-    predictions: list[Any] = []
-    for start in range(0, len(examples), chunk_size):
-        part = examples[start:start + chunk_size]
-        if counter is not None:
-            counter["max_features"] = max(counter.get("max_features", 0), len(part))
-        predictions += predictor.predict_examples(part)
-    return predictions
-
-
 def _predict_here(predictor: Predictor, chunks: Iterable[Any], fmt: str) -> Iterator[tuple[Any, str, int]]:
     for chunk in chunks:
         items = len(chunk.examples)

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("runassist.train",),
     ("runassist.onnx_runtime", "runassist.openvino_runtime", "runassist.predict", "runassist.predict_input", "runassist.predict_output",
      "runassist.predict_progress", "runassist.predict_workers"),
-    ("runassist.predict_ray",),
+    ("runassist.predict_ray", "runassist.predict_accelerate"),
     ("runassist.evaluate", "runassist.export", "runassist.export_text", "runassist.node_js", "runassist.compare", "runassist.report", "runassist.agent",
      "runassist.init_config", "runassist.mcp_stdio", "runassist.chat_session", "runassist.gate", "runassist.retrain", "runassist.label_queue", "runassist.drift",
      "runassist.search"),

@@ -10,7 +10,7 @@ from seqeval.metrics import classification_report, f1_score, precision_score, re
 from seqeval.metrics.sequence_labeling import get_entities
 from seqeval.scheme import IOB2, IOBES, Tokens
 
-from runassist.metrics.entities import (error_breakdown, extract_entities, format_table,
+from runassist.metrics.entities import (EntityTally, error_breakdown, extract_entities, format_table,
                                         score_entities, sentence_counts, sentence_errors,
                                         worst_sentences)
 
@@ -246,3 +246,21 @@ def test_well_formed_bioes_matches_seqeval_strict_iobes():
             expected = [(x.tag, x.start, x.end) for x in Tokens(bioes, IOBES).entities]
             assert extract_entities(bioes, mode="strict") == expected
             assert extract_entities(bioes, mode="conlleval") == expected
+
+
+@pytest.mark.parametrize("mode", ["conlleval", "strict"])
+def test_a_tally_added_in_chunks_scores_the_whole_corpus(mode):
+    """`evaluate` keeps entity counts, not sentences: chunks added to an EntityTally give exactly the
+    scores of the whole corpus, and a length mismatch names the sentence by its place in the corpus."""
+    rng = random.Random(7)
+    tags = ["O", "O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+    gold = [[rng.choice(tags) for _ in range(rng.randint(1, 12))] for _ in range(200)]
+    pred = [[t if rng.random() < 0.7 else rng.choice(tags) for t in g] for g in gold]
+    tally = EntityTally(mode=mode)
+    for start in range(0, len(gold), 17):
+        tally.add(gold[start:start + 17], pred[start:start + 17])
+    whole = score_entities(gold, pred, mode=mode)
+    assert tally.scores() == whole
+    assert 0.2 < whole["f1"] < 0.9 and whole["counts"]["words"] == sum(map(len, gold))
+    with pytest.raises(ValueError, match="sentence 201: 2 gold tags but 1 predicted"):
+        tally.add([["O"], ["O", "O"]], [["O"], ["O"]])

@@ -347,3 +347,26 @@ def test_read_jsonl_through_the_data_layer(tmp_path):
     examples = make_task().read(str(path))
     assert [ex.labels for ex in examples] == [("pos",), ("neg",)]
     assert make_task().label_set(examples) == ["neg", "pos"]
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_scorer_in_chunks_gives_the_whole_sets_scores(multi_label):
+    """`evaluate` adds a test set to task.scorer a chunk at a time: the scores must be those of the
+    metrics over the whole lists, and the scorer keeps labels only (no texts, no probabilities)."""
+    from runassist.metrics.classification import score_multi, score_single
+
+    labels = ["neg", "neu", "pos", "rare"]
+    rng = np.random.default_rng(3)
+    pick = (lambda: tuple(sorted(set(rng.choice(labels[:3], size=rng.integers(0, 3)))))) if multi_label \
+        else (lambda: (str(rng.choice(labels[:3])),))
+    examples = [TextExample(text=f"text {i} " * 20, labels=pick()) for i in range(103)]
+    predictions = [LabelPrediction(labels=pick(), probs=(0.1, 0.2, 0.3, 0.4), classes=tuple(labels)) for _ in examples]
+    scorer = make_task(multi_label=multi_label).scorer(TaskState(labels=labels))
+    for start in range(0, len(examples), 10):
+        scorer.add(examples[start:start + 10], predictions[start:start + 10])
+    gold, pred = [list(ex.labels) for ex in examples], [list(p.labels) for p in predictions]
+    whole = score_multi(gold, pred, labels) if multi_label else score_single([g[0] for g in gold], [p[0] for p in pred],
+                                                                             labels)
+    assert scorer.result() == whole
+    assert 0.2 < whole["micro_f1" if multi_label else "accuracy"] < 0.8
+    assert not any(isinstance(x, (TextExample, LabelPrediction)) for x in [*scorer.gold, *scorer.pred])

@@ -178,9 +178,15 @@ def write_conll(path: str | Path, examples: Sequence[TokenExample], predicted_ta
     leaves half a predictions file. White space inside a token becomes ``_`` to keep
     three columns.
     """
+    text = conll_text(examples, predicted_tags)
+    with atomic_open(Path(path), newline="\n") as out:
+        out.write(text)
+
+
+def conll_text(examples: Sequence[TokenExample], predicted_tags: Sequence[Sequence[str]]) -> str:
+    """``write_conll``'s text: sentences of ``token gold pred`` lines, a blank line between them."""
     if len(examples) != len(predicted_tags):
         raise ValueError(f"{len(examples)} examples but {len(predicted_tags)} tag sequences")
-    path = Path(path)
     chunks = []
     for example, predicted in zip(examples, predicted_tags):
         if len(predicted) != len(example.tokens):
@@ -188,8 +194,7 @@ def write_conll(path: str | Path, examples: Sequence[TokenExample], predicted_ta
         gold = example.tags or ("-",) * len(example.tokens)
         rows = (f"{_WHITE.sub('_', tok)} {g} {p}" for tok, g, p in zip(example.tokens, gold, predicted))
         chunks.append("\n".join(rows) + "\n")
-    with atomic_open(path, newline="\n") as out:
-        out.write("\n".join(chunks))
+    return "\n".join(chunks)
 
 
 # --------------------------------------------------------------------------- span-annotated JSONL

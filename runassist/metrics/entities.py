@@ -253,6 +253,59 @@ def sentence_counts_by_type(gold: Sequence[Sequence[str]], pred: Sequence[Sequen
     return out
 
 
+class EntityTally:
+    """Entity counts added a batch of sentences at a time; ``scores()`` gives ``score_entities``'s dict.
+    What `evaluate` keeps of a large test set: counts per type and per error kind, not the sentences."""
+
+    def __init__(self, *, mode: Mode = "conlleval"):
+        _check_mode(mode)
+        self.mode = mode
+        self.gold_by_type: Counter = Counter()
+        self.pred_by_type: Counter = Counter()
+        self.correct_by_type: Counter = Counter()
+        self.errors: Counter = Counter({kind: 0 for kind in ERROR_KINDS})
+        self.words = self.right_words = self.sentences = 0
+
+    def add(self, gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> None:
+        if len(gold) != len(pred):
+            raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predicted sentences")
+        for i, (g, p) in enumerate(zip(gold, pred)):
+            if len(g) != len(p):
+                raise ValueError(f"sentence {self.sentences + i}: {len(g)} gold tags but {len(p)} predicted tags")
+            self.words += len(g)
+            self.right_words += sum(a == b for a, b in zip(g, p))
+            g_ents, p_ents = extract_entities(g, mode=self.mode), extract_entities(p, mode=self.mode)
+            self.gold_by_type.update(e[0] for e in g_ents)
+            self.pred_by_type.update(e[0] for e in p_ents)
+            self.correct_by_type.update(e[0] for e in set(g_ents) & set(p_ents))
+            self.errors.update(_sentence_error_counts(g_ents, p_ents))
+        self.sentences += len(gold)
+
+    def scores(self) -> dict[str, Any]:
+        per_type: dict[str, dict[str, Any]] = {}
+        for type_ in sorted(set(self.gold_by_type) | set(self.pred_by_type)):
+            c, n_pred, n_gold = self.correct_by_type[type_], self.pred_by_type[type_], self.gold_by_type[type_]
+            precision, recall, f1 = _prf(c, n_pred, n_gold)
+            per_type[type_] = {"precision": precision, "recall": recall, "f1": f1,
+                               "support": n_gold, "predicted": n_pred, "correct": c}
+
+        n_correct, n_pred, n_gold = (sum(self.correct_by_type.values()), sum(self.pred_by_type.values()),
+                                     sum(self.gold_by_type.values()))
+        precision, recall, f1 = _prf(n_correct, n_pred, n_gold)
+        error_counts = {kind: int(self.errors[kind]) for kind in ERROR_KINDS}
+        error_counts["total"] = sum(error_counts.values())
+        return {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "macro_f1": float(np.mean([t["f1"] for t in per_type.values()])) if per_type else 0.0,
+            "accuracy": self.right_words / self.words if self.words else 0.0,
+            "per_type": per_type,
+            "counts": {"gold": n_gold, "predicted": n_pred, "correct": n_correct, "words": self.words},
+            "errors": error_counts,
+        }
+
+
 def score_entities(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], *,
                    mode: Mode = "conlleval") -> dict[str, Any]:
     """Entity-level scores of predicted word tags against gold word tags.
@@ -269,43 +322,9 @@ def score_entities(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]],
 
     Raises ValueError naming the sentence when a gold and predicted sentence differ in length.
     """
-    _check_mode(mode)
-    gold_by_type: Counter = Counter()
-    pred_by_type: Counter = Counter()
-    correct_by_type: Counter = Counter()
-    errors: Counter = Counter({kind: 0 for kind in ERROR_KINDS})
-    words = right_words = 0
-    for g, p in _pairs(gold, pred):
-        words += len(g)
-        right_words += sum(a == b for a, b in zip(g, p))
-        g_ents, p_ents = extract_entities(g, mode=mode), extract_entities(p, mode=mode)
-        gold_by_type.update(e[0] for e in g_ents)
-        pred_by_type.update(e[0] for e in p_ents)
-        correct_by_type.update(e[0] for e in set(g_ents) & set(p_ents))
-        errors.update(_sentence_error_counts(g_ents, p_ents))
-
-    per_type: dict[str, dict[str, Any]] = {}
-    for type_ in sorted(set(gold_by_type) | set(pred_by_type)):
-        c, n_pred, n_gold = correct_by_type[type_], pred_by_type[type_], gold_by_type[type_]
-        precision, recall, f1 = _prf(c, n_pred, n_gold)
-        per_type[type_] = {"precision": precision, "recall": recall, "f1": f1,
-                           "support": n_gold, "predicted": n_pred, "correct": c}
-
-    n_correct, n_pred, n_gold = (sum(correct_by_type.values()), sum(pred_by_type.values()),
-                                 sum(gold_by_type.values()))
-    precision, recall, f1 = _prf(n_correct, n_pred, n_gold)
-    error_counts = {kind: int(errors[kind]) for kind in ERROR_KINDS}
-    error_counts["total"] = sum(error_counts.values())
-    return {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "macro_f1": float(np.mean([t["f1"] for t in per_type.values()])) if per_type else 0.0,
-        "accuracy": right_words / words if words else 0.0,
-        "per_type": per_type,
-        "counts": {"gold": n_gold, "predicted": n_pred, "correct": n_correct, "words": words},
-        "errors": error_counts,
-    }
+    tally = EntityTally(mode=mode)
+    tally.add(gold, pred)
+    return tally.scores()
 
 
 def format_table(scores: dict[str, Any]) -> str:

@@ -272,16 +272,12 @@ class ClassifyTask(BaseTask):
 
     def score(self, examples: Sequence[TextExample], predictions: Sequence[LabelPrediction],
               state: TaskState) -> dict[str, Any]:
-        from runassist.metrics.classification import score_multi, score_single
+        scorer = self.scorer(state)
+        scorer.add(examples, predictions)
+        return scorer.result()
 
-        labels = state.labels or []
-        if self.multi_label:
-            return score_multi([list(ex.labels) for ex in examples], [list(p.labels) for p in predictions], labels)
-        for ex in examples:
-            if len(ex.labels) != 1:
-                raise DataError(ex.source or "input", None,
-                                f"scoring needs exactly one gold label per example, found {len(ex.labels)}")
-        return score_single([ex.labels[0] for ex in examples], [p.labels[0] for p in predictions], labels)
+    def scorer(self, state: TaskState) -> _LabelScorer:
+        return _LabelScorer(state.labels or [], multi_label=self.multi_label)
 
     def to_json(self, example: TextExample, prediction: LabelPrediction) -> dict[str, Any]:
         if len(prediction.classes) != len(prediction.probs):
@@ -549,3 +545,29 @@ def _thresholds(state: TaskState) -> list[float]:
         raise RunassistError(f"task state has {len(values)} thresholds for {len(labels)} labels "
                              f"({', '.join(labels)})")
     return [float(v) for v in values]
+
+
+class _LabelScorer:
+    """``ClassifyTask.scorer``: keeps each item's gold and predicted labels (tuples of the label set's own
+    strings: a few pointers an item), not its text or probabilities; scikit-learn scores the whole
+    lists at the end, so the numbers are exactly those of scoring everything at once."""
+
+    def __init__(self, labels: Sequence[str], *, multi_label: bool):
+        self.labels, self.multi_label = list(labels), multi_label
+        self.gold: list[tuple[str, ...]] = []
+        self.pred: list[tuple[str, ...]] = []
+
+    def add(self, examples: Sequence[TextExample], predictions: Sequence[LabelPrediction]) -> None:
+        for ex in examples:
+            if not self.multi_label and len(ex.labels) != 1:
+                raise DataError(ex.source or "input", None,
+                                f"scoring needs exactly one gold label per example, found {len(ex.labels)}")
+        self.gold += [tuple(ex.labels) for ex in examples]
+        self.pred += [tuple(p.labels) for p in predictions]
+
+    def result(self) -> dict[str, Any]:
+        from runassist.metrics.classification import score_multi, score_single
+
+        if self.multi_label:
+            return score_multi([list(g) for g in self.gold], [list(p) for p in self.pred], self.labels)
+        return score_single([g[0] for g in self.gold], [p[0] for p in self.pred], self.labels)

@@ -176,12 +176,24 @@ class BaseTask:
         return {"input": str(example)}
 
     def write_predictions(self, stem: Path, examples: Sequence[Any], predictions: Sequence[Any]) -> Path:
-        """eval/<split>.jsonl: each example, its gold answer and the prediction, a line each."""
+        """eval/<split><prediction_suffix>: the predictions beside gold (``prediction_text``)."""
         path = Path(f"{stem}{self.prediction_suffix}")
-        lines = [json.dumps({**self.gold_json(ex), **self.to_json(ex, p)}, ensure_ascii=False)
-                 for ex, p in zip(examples, predictions)]
-        atomic_write(path, "".join(line + "\n" for line in lines))
+        atomic_write(path, self.prediction_text(examples, predictions, first=True))
         return path
+
+    def prediction_text(self, examples: Sequence[Any], predictions: Sequence[Any], *, first: bool) -> str:
+        """A chunk of ``write_predictions``' file: `evaluate` writes a large test set a chunk at a time,
+        and the chunks' texts joined must be the file written in one piece (``first``: the file's first
+        chunk). Here JSONL: each example, its gold answer and the prediction, a line each."""
+        return "".join(json.dumps({**self.gold_json(ex), **self.to_json(ex, p)}, ensure_ascii=False) + "\n"
+                       for ex, p in zip(examples, predictions))
+
+    def scorer(self, state: TaskState) -> Any:
+        """What `evaluate` adds each chunk's examples and predictions to (``add``) and reads the scores
+        from at the end (``result``: ``score``'s dict, the same numbers). This default keeps them all,
+        for scores that need every item at once; a task whose scores are sums over items keeps only
+        those (NER: entity counts; classification: the label pairs)."""
+        return KeepAllScorer(self, state)
 
     def format_output(self, fmt: str, examples: Sequence[Any], predictions: Sequence[Any]) -> str:
         """Prediction files in the task's own formats (``output_formats`` beyond jsonl and csv)."""
@@ -356,3 +368,19 @@ class BaseTask:
         """One line about the labels, for the page."""
         return f"labels: {', '.join(labels)}" if labels else ""
 
+
+
+class KeepAllScorer:
+    """``BaseTask.scorer``'s default: keeps every chunk's examples and predictions and scores them at the end."""
+
+    def __init__(self, task: Any, state: TaskState):
+        self.task, self.state = task, state
+        self.examples: list[Any] = []
+        self.predictions: list[Any] = []
+
+    def add(self, examples: Sequence[Any], predictions: Sequence[Any]) -> None:
+        self.examples += examples
+        self.predictions += predictions
+
+    def result(self) -> dict[str, Any]:
+        return self.task.score(self.examples, self.predictions, self.state)

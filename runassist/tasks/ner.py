@@ -242,6 +242,10 @@ class NerTask(BaseTask):
         pred = [list(p.tags) for p in predictions]
         return score_entities(gold, pred, mode=self.task_cfg.scoring)
 
+    def scorer(self, state: TaskState) -> Any:
+        """Entity counts per type and error kind (``EntityTally``): a test set's size costs no memory."""
+        return _EntityScorer(self.task_cfg.scoring)
+
     def to_json(self, example: TokenExample, prediction: TagPrediction) -> dict[str, Any]:
         entities = []
         for start, end, label in spans_from_iob2(prediction.tags):
@@ -281,6 +285,13 @@ class NerTask(BaseTask):
         path = Path(f"{stem}{self.prediction_suffix}")
         write_conll(path, examples, [p.tags for p in predictions])
         return path
+
+    def prediction_text(self, examples: Sequence[TokenExample], predictions: Sequence[TagPrediction], *,
+                        first: bool) -> str:
+        from runassist.data.conll import conll_text
+
+        text = conll_text(examples, [p.tags for p in predictions])
+        return text if first or not text else "\n" + text  # the blank line between two chunks' sentences
 
     def format_output(self, fmt: str, examples: Sequence[TokenExample], predictions: Sequence[TagPrediction]) -> str:
         """``conll``: ``word [gold] pred`` lines, a blank line between sentences."""
@@ -474,3 +485,18 @@ def _first_subtokens(word_ids: Sequence[int | None]) -> dict[int, int]:
         if word is not None and word not in first:
             first[word] = pos
     return first
+
+
+class _EntityScorer:
+    """``NerTask.scorer``: each chunk's tags go into an ``EntityTally``; nothing of the chunk is kept."""
+
+    def __init__(self, mode: str):
+        from runassist.metrics.entities import EntityTally
+
+        self.tally = EntityTally(mode=mode)
+
+    def add(self, examples: Sequence[TokenExample], predictions: Sequence[TagPrediction]) -> None:
+        self.tally.add([list(ex.tags or ()) for ex in examples], [list(p.tags) for p in predictions])
+
+    def result(self) -> dict[str, Any]:
+        return self.tally.scores()
