@@ -21,7 +21,8 @@ from typing import Any, Sequence
 WORD_EDGES = (2, 4, 8, 16, 32, 64, 128, 256, 512)  # bucket upper bounds (inclusive); one more bucket above
 LOW_CONFIDENCE = 0.5
 PSI_MODERATE, PSI_LARGE = 0.1, 0.25
-SHARE_SHIFT = 0.1  # a share (unknown tokens, low confidence) moving this much is reported as drift
+SHARE_SHIFT = 0.1  # a share (unknown tokens, low confidence) moving this much is reported as drift ...
+SHARE_Z = 2.58  # ... when the move is also unlikely by chance (two-sided p < 0.01 over the examples counted)
 _EPS = 1e-4
 
 
@@ -99,6 +100,17 @@ def psi(expected: dict[str, float], actual: dict[str, float]) -> float:
     return total
 
 
+def share_z(ref: float, n_ref: int | None, cur: float, n_cur: int | None) -> float | None:
+    """The two-proportion z statistic of a share moving from ``ref`` (over ``n_ref`` examples) to ``cur``;
+    None without counts. A 0.15 share of 60 predictions against 0.05 of 40 is z = 1.6: a move that
+    size happens by chance, so it is not called drift."""
+    if not n_ref or not n_cur:
+        return None
+    pooled = (ref * n_ref + cur * n_cur) / (n_ref + n_cur)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n_ref + 1 / n_cur))
+    return 0.0 if spread == 0 else (cur - ref) / spread
+
+
 def compare(reference: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
     """Each measure of ``current`` against ``reference``, with whether it drifted."""
     rows = []
@@ -112,8 +124,10 @@ def compare(reference: dict[str, Any], current: dict[str, Any]) -> dict[str, Any
                                                                f"predictions below confidence {LOW_CONFIDENCE}")):
         ref, cur = reference.get(name), current.get(name)
         if ref is not None and cur is not None:
+            z = share_z(ref, reference.get("examples"), cur, current.get("examples"))
+            shifted = abs(cur - ref) > SHARE_SHIFT and (z is None or abs(z) > SHARE_Z)
             rows.append({"measure": what, "kind": "share", "value": round(cur - ref, 4),
-                         "level": "shifted" if abs(cur - ref) > SHARE_SHIFT else "stable",
-                         "drifted": abs(cur - ref) > SHARE_SHIFT, "reference": round(ref, 4), "current": round(cur, 4)})
+                         "z": None if z is None else round(z, 2), "level": "shifted" if shifted else "stable",
+                         "drifted": shifted, "reference": round(ref, 4), "current": round(cur, 4)})
     return {"measures": rows, "drifted": any(r["drifted"] for r in rows),
             "examples": {"reference": reference.get("examples"), "current": current.get("examples")}}

@@ -40,6 +40,17 @@ def test_psi_is_zero_for_equal_and_large_for_disjoint():
     assert [r["drifted"] for r in result["measures"]] == [False, False, True, False] and result["drifted"]
 
 
+def test_a_share_must_move_beyond_chance_to_drift():
+    """0.05 of 40 -> 0.16 of 60 low-confidence predictions (2 -> ~10): z = 1.7, chance; the same
+    move over 4,000 and 6,000 predictions is not."""
+    ref = {"unknown_rate": 0.0, "low_confidence_share": 0.05}
+    cur = {"unknown_rate": 0.0, "low_confidence_share": 0.16}
+    small = compare({**ref, "examples": 40}, {**cur, "examples": 60})["measures"][-1]
+    assert small["z"] == pytest.approx(1.68, abs=0.02) and not small["drifted"]
+    large = compare({**ref, "examples": 4000}, {**cur, "examples": 6000})["measures"][-1]
+    assert large["z"] > 10 and large["drifted"]
+
+
 def test_service_counts_and_drift_sees_foreign_inputs(run, tmp_path):
     store = FeedbackStore(tmp_path / "fb.sqlite")
     like_training = [" ".join(w for w, _ in s) for s in make_ner_sentences(60, seed=1)]  # the dev distribution
