@@ -114,9 +114,10 @@ class TrainConfig(_Section):
     freeze: str = "none"
     lora: LoraConfig | None = None
     early_stopping: EarlyStoppingConfig | None = EarlyStoppingConfig()
-    # how sentences make up a training batch: packed (random batches, several sentences per row,
-    # no padding), grouped (similar lengths together: fast, but cost F1 on WNUT-16), random
-    # (padded random batches); auto packs where the task and model can (bench/README.md, "Batching")
+    # how inputs make up a training batch: packed (random batches, several sentences per row, little
+    # padding), grouped (similar lengths together), random (padded random batches); auto packs
+    # per-token tasks whose model can (grouping cost F1 on WNUT-16) and groups the others (it cost
+    # no accuracy on Rotten Tomatoes); bench/README.md, "Batching"
     batching: Literal["auto", "packed", "grouped", "random"] = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     # torch.compile: slower on CPU (0.89-0.96x eager, fp32 and bf16, packed batches) and 25-180 s to compile

@@ -127,7 +127,7 @@ def test_choose_falls_back_or_refuses():
     assert packing.choose("auto", packs=True, model=_tiny_bert(), **kw)[0] == "packed"
     mode, why, _ = packing.choose("auto", packs=True, model=_NoPositions(), **kw)
     assert mode == "random" and "probe" in why
-    assert packing.choose("auto", packs=False, model=_tiny_bert(), **kw)[0] == "random"
+    assert packing.choose("auto", packs=False, model=_tiny_bert(), **kw)[0] == "grouped"
     assert packing.choose("grouped", packs=True, model=_tiny_bert(), **kw)[0] == "grouped"
     with pytest.raises(RunassistError, match="does not give a sentence the same logits"):
         packing.choose("packed", packs=True, model=_NoPositions(), **kw)

@@ -239,8 +239,9 @@ def test_classification_report(tiny_model, tmp_path):
     errors = _section(page, "Errors")
     if wrong:
         assert f"{len(wrong)} of {len(rows)} test examples are wrong" in errors
-        top = max(wrong, key=lambda r: r["probs"][r["labels"][0]])
+        top = max(r["probs"][r["labels"][0]] for r in wrong)
         mistakes = re.search(r'<table class="mistakes">.*?<tbody><tr><td>(.*?)</td>', errors, re.S).group(1)
-        assert mistakes == top["text"]
+        # the first row is a most confident mistake (a tiny model often ties several at one probability)
+        assert mistakes in {r["text"] for r in wrong if r["probs"][r["labels"][0]] >= top - 1e-6}, mistakes
     else:
         assert f"All {len(rows)} test examples are right" in errors
