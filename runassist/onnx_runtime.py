@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -76,16 +76,7 @@ class OnnxModel:
         return self
 
     def __call__(self, **batch: torch.Tensor) -> SimpleNamespace:
-        feed = {}
-        for name in self.input_names:
-            value = batch.get(name)
-            if value is None:
-                if name != "token_type_ids":
-                    raise RunassistError(f"{self.path.name}: the graph needs input '{name}'")
-                value = torch.zeros_like(batch["input_ids"])  # what the torch model assumes when absent
-            feed[name] = value.detach().cpu().numpy()
-            if feed[name].dtype != self.input_types[name]:
-                feed[name] = feed[name].astype(self.input_types[name])
+        feed = graph_feed(self.path, self.input_names, self.input_types, batch)
         outputs = self.session.run(self.output_names, feed)
         return SimpleNamespace(**{name: torch.from_numpy(x) for name, x in zip(self.output_names, outputs)})
 
@@ -124,3 +115,18 @@ class Guard:
         share = self.rechecked / self.seen if self.seen else None
         return {"threshold": self.threshold, "seen": self.seen, "rechecked": self.rechecked,
                 "rechecked_share": None if share is None else round(share, 4)}
+
+
+def graph_feed(path: Path, names: Sequence[str], types: dict[str, Any], batch: dict[str, torch.Tensor]) -> dict:
+    """A batch as the numpy inputs an exported graph takes (ONNX Runtime's or OpenVINO's), in the
+    graph's dtypes; a graph input the batch lacks is an error, except token_type_ids (zeros, as
+    the torch model assumes)."""
+    feed = {}
+    for name in names:
+        value = batch.get(name)
+        if value is None:
+            if name != "token_type_ids":
+                raise RunassistError(f"{path.name}: the graph needs input '{name}'")
+            value = torch.zeros_like(batch["input_ids"])
+        feed[name] = value.detach().cpu().numpy().astype(types[name], copy=False)
+    return feed

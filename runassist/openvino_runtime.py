@@ -26,7 +26,7 @@ import torch
 
 from runassist.atomic import read_json
 from runassist.errors import RunassistError
-from runassist.onnx_runtime import FP32
+from runassist.onnx_runtime import FP32, graph_feed
 
 CHECK = "openvino"  # the key of its parity check in onnx/parity.json
 
@@ -100,15 +100,7 @@ class OpenVinoModel:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
-        feed = {}
-        for name in self.input_names:
-            value = batch.get(name)
-            if value is None:
-                if name != "token_type_ids":
-                    raise RunassistError(f"{self.path.name}: the graph needs input '{name}'")
-                value = torch.zeros_like(batch["input_ids"])  # what the torch model assumes when absent
-            feed[name] = value.detach().cpu().numpy().astype(self.input_types[name], copy=False)
-        out = request.infer(feed)
+        out = request.infer(graph_feed(self.path, self.input_names, self.input_types, batch))
         # Copies: the request's output buffers are reused by its next call.
         return SimpleNamespace(**{name: torch.from_numpy(np.array(out[port]))
                                   for name, port in zip(self.output_names, self.compiled.outputs)})
