@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import log  # noqa: F401  (sets the offline environment first)
+from common import env_cpu, log  # (common sets the offline environment first)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -68,10 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
                    "diff_sem": round(statistics.stdev(diffs) / math.sqrt(len(diffs)), 4) if len(diffs) > 1 else None,
                    "tokens_per_second": round(sum(r["tokens"] for r in rs) / sum(r["train_seconds"] for r in rs), 1),
                    "padding_fraction": rs[-1]["padding_fraction"]}
-    cpu = facts["cpu"]
     result = {"bench": "batching", "config": str(args.config), "overrides": args.set, "seeds": seeds,
               "threads": args.threads, "headline": headline, "variants": rows,
-              "cpu": f"{cpu.get('model')}, bf16 fast: {cpu.get('bf16_fast')}"}
+              "cpu": env_cpu(facts)}
     print(f"{args.config} {' '.join(args.set)}; seeds {seeds}; {args.threads} thread(s); {result['cpu']}")
     for b, r in rows.items():
         print(f"{b:>8} ({r['mode']}): test {headline} {r['test_mean']} {r['test_per_seed']}, vs {batchings[0]} "

@@ -19,3 +19,12 @@ DEMO = REPO / "examples" / "ner-wnut16.yaml"
 def log(msg: str) -> None:
     """Progress goes to stderr; stdout carries the table and the final JSON line."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def env_cpu(facts: dict) -> str:
+    """The CPU the figures came from (``runassist.env.collect()``): its model, usable cores, and
+    whether it has fast bf16."""
+    cpu = facts.get("cpu", {})
+    flags = [name for name, present in cpu.get("flags_bf16", {}).items() if present]
+    return f"{cpu.get('model', '?')}, {cpu.get('cores_usable', '?')} usable cores, bf16 fast: " \
+           f"{cpu.get('bf16_fast')} ({', '.join(flags) or 'no bf16 flags'})"

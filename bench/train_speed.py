@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEMO, log  # noqa: E402  (sets the offline environment first)
+from common import DEMO, env_cpu, log  # noqa: E402  (sets the offline environment first)
 
 import torch  # noqa: E402
 
@@ -195,14 +195,6 @@ def run_trainer(*, cfg, epochs: float, threads: int, out: Path, max_steps: int |
     scores = score_entities([list(e.tags) for e in test_ex], pred_tags, mode="conlleval")
     return {"wall_seconds": time.perf_counter() - start, "train_seconds": train_seconds, "tokens": tokens,
             "sum_sq": sum_sq, "test_f1": scores["f1"], "steps": trainer.state.global_step, "model": model}
-
-
-def env_cpu(facts: dict) -> str:
-    """The CPU the figures came from: its model name and whether it has fast bf16."""
-    cpu = facts.get("cpu", {})
-    flags = [name for name, present in cpu.get("flags_bf16", {}).items() if present]
-    return f"{cpu.get('model', '?')}, {cpu.get('cores_usable', '?')} usable cores, bf16 fast: " \
-           f"{cpu.get('bf16_fast')} ({', '.join(flags) or 'no bf16 flags'})"
 
 
 # -- main -------------------------------------------------------------------------------------------

@@ -63,12 +63,24 @@ def _cache_root() -> Path:
     return Path(root)
 
 
+def _publish(staged: Path, target: Path) -> Path:
+    """A converted model folder put in place, unless another process converted it meanwhile."""
+    import shutil
+
+    from runassist.atomic import swap_folder
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if (target / "config.json").is_file():
+        shutil.rmtree(staged, ignore_errors=True)
+        return target
+    swap_folder(staged, target)
+    return target
+
+
 def _from_gguf(package: Path, name: str, gguf: str) -> Path:
     """A GGUF-only model as a safetensors folder in the cache, converted once: transformers reads GGUF
     (dequantised to fp32, ~40 s for 135M parameters), and every later load is an ordinary folder."""
     import shutil
-
-    from runassist.atomic import swap_folder
 
     target = _cache_root() / "models" / name
     if (target / "config.json").is_file() and list(target.glob("*.safetensors")):
@@ -90,12 +102,7 @@ def _from_gguf(package: Path, name: str, gguf: str) -> Path:
     model.generation_config = loaded.generation_config
     model.save_pretrained(staged, safe_serialization=True)
     tokenizer.save_pretrained(staged)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if (target / "config.json").is_file():  # another process converted it meanwhile
-        shutil.rmtree(staged, ignore_errors=True)
-        return target
-    swap_folder(staged, target)
-    return target
+    return _publish(staged, target)
 
 
 # EfficientNet-Lite's own input scaling (the TF builder's MEAN_RGB = 127, STDDEV_RGB = 128 on 0..255 pixels),
@@ -112,8 +119,6 @@ def _lite0_folder(package: Path) -> Path:
 
     import torch
     from safetensors.torch import save_file
-
-    from runassist.atomic import swap_folder
 
     target = _cache_root() / "models" / "efficientnet-lite0"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
@@ -132,12 +137,7 @@ def _lite0_folder(package: Path) -> Path:
                  "size": {"height": 224, "width": 224}, "resample": 2, "do_rescale": True,
                  "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": LITE0_MEAN, "image_std": LITE0_STD}
     (staged / "preprocessor_config.json").write_text(json.dumps(processor, indent=2), encoding="utf-8")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if (target / "config.json").is_file():  # another process converted it meanwhile
-        shutil.rmtree(staged, ignore_errors=True)
-        return target
-    swap_folder(staged, target)
-    return target
+    return _publish(staged, target)
 
 
 MODELS: dict[str, ModelAsset] = {

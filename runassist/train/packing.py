@@ -92,8 +92,8 @@ def probe(model: torch.nn.Module, features: Sequence[Feature], collate: Callable
 
     Models differ in what they accept (a 4-D mask; position ids; RoBERTa's positions start after
     the padding index), so the answer is measured, in fp32 eval mode, not looked up by family."""
-    sample = sorted(features[:64], key=lambda f: f.size)
-    sample = [f for f in sample if f.size > 2][:3] + [f for f in sample if f.size > 2][-2:]
+    eligible = sorted((f for f in features[:64] if f.size > 2), key=lambda f: f.size)
+    sample = eligible[:3] + eligible[3:][-2:]  # the shortest three and the longest two
     if len(sample) < 2:
         return None
     was_training = model.training

@@ -175,15 +175,20 @@ async function predictFile() {
     const prediction = body.predictions[0];
     if (prediction.probs) renderProbs(prediction);
     else $("result").replaceChildren();
-    $("raw").textContent = JSON.stringify(prediction, null, 2);
-    $("output").hidden = false;
-    $("status").textContent = `${Math.round(performance.now() - started)} ms`;
+    showRaw(prediction, started);
   } catch (e) {
     showError(e.message);
     $("status").textContent = "";
   } finally {
     $("submit").disabled = false;
   }
+}
+
+// The prediction's JSON under the rendering, and how long the request took.
+function showRaw(prediction, started) {
+  $("raw").textContent = JSON.stringify(prediction, null, 2);
+  $("output").hidden = false;
+  $("status").textContent = `${Math.round(performance.now() - started)} ms`;
 }
 
 function readInput() {
@@ -260,9 +265,7 @@ async function predict() {
     if (Array.isArray(prediction.entities)) renderEntities(text, prediction);
     else if (prediction.probs) renderProbs(prediction);
     else { $("legend").replaceChildren(); $("result").replaceChildren(); }  // the JSON below says it all
-    $("raw").textContent = JSON.stringify(prediction, null, 2);
-    $("output").hidden = false;
-    $("status").textContent = `${Math.round(performance.now() - started)} ms`;
+    showRaw(prediction, started);
   } catch (e) {
     showError(e.message);
     $("status").textContent = "";
