@@ -16,7 +16,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
-from runassist import env
+from runassist import env, heap
 from runassist.predict_output import chunk_text
 
 _PREDICTOR: Any = None
@@ -50,23 +50,8 @@ def trim_memory() -> None:
     (+30 MB from 10k to 100k lines) although nothing was kept. malloc_trim costs 10-20 ms a chunk
     of 1,000 lines (a chunk takes seconds); gc.collect() would cost ~600 ms (torch's and transformers'
     heap of objects) and is not needed: a chunk's examples and outputs hold no reference cycles.
-    No-op where libc has no malloc_trim (not glibc)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _libc() -> Any:
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
+    No-op where libc is not glibc."""
+    heap.trim()
 
 
 def predict_in_processes(load: Callable[..., Any], chunks: Iterable[Any], fmt: str, *, workers: int,

@@ -17,7 +17,7 @@ PACKAGE = REPO / "runassist"
 # Left to right, as in the README's "Layout" section. A module may import its own layer and any
 # layer to its left, never one to its right.
 LAYERS: list[tuple[str, ...]] = [
-    ("runassist", "runassist.errors", "runassist.atomic", "runassist.env", "runassist.plots", "runassist.htmlparts",
+    ("runassist", "runassist.errors", "runassist.atomic", "runassist.env", "runassist.heap", "runassist.plots", "runassist.htmlparts",
      "runassist.data_profile"),
     ("runassist.config",),
     ("runassist.data",),

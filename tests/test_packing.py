@@ -156,3 +156,5 @@ def test_ner_training_packs_and_says_so(ner_files, tiny_model, tmp_path):
     assert packed["tokens"] == padded["tokens"]  # the same sentences
     assert packed["padding_fraction"] < 0.7 * padded["padding_fraction"], (packed["padding_fraction"],
                                                                          padded["padding_fraction"])
+    kernels = packed["choices"]["step_kernels"]  # on CPU: the step's dropout and attention by hand
+    assert kernels["attention"] == "runassist_cpu_training" and kernels["dropout_modules"] >= 3, kernels

@@ -56,6 +56,7 @@ class TrainContext:
     train_features: list[Any] | None = None
     threads_seen: dict[str, Any] = field(default_factory=dict)  # what the thread count was chosen from
     batching: dict[str, str] = field(default_factory=dict)  # {"mode": packed|grouped|random, "why": ...}
+    step_kernels: dict[str, Any] = field(default_factory=dict)  # Engine.fast_cpu_step: what the step does by hand
 
     @property
     def bare(self) -> torch.nn.Module:

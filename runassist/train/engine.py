@@ -98,6 +98,34 @@ class Engine:
 
         return sdpa_kernel([SDPBackend.MATH])
 
+    def fast_cpu_step(self, model: torch.nn.Module) -> dict[str, Any]:
+        """On CPU, the step's dropout and attention by hand (train/dropout.py, train/attention.py):
+        the same computation, with dropout ~2x and attention 1.3-1.5x faster. GPUs keep
+        PyTorch's fused kernels. Returns what changed, for summary.json."""
+        if self.device.type != "cpu":
+            return {}
+        from runassist.train.attention import register
+        from runassist.train.dropout import use_fast_dropout
+
+        done: dict[str, Any] = {"dropout_modules": use_fast_dropout(model)}
+        config = getattr(model, "config", None)
+        if getattr(config, "_attn_implementation", None) == "sdpa" and hasattr(model, "set_attn_implementation"):
+            try:
+                model.set_attn_implementation(register())
+                done["attention"] = config._attn_implementation
+            except (ValueError, ImportError) as exc:  # a model whose attention cannot be swapped keeps SDPA
+                done["attention"] = f"sdpa ({exc})"[:200]
+        return done
+
+    def memory_for_training(self) -> contextlib.AbstractContextManager:
+        """On CPU, glibc keeps the blocks a step frees for the next (heap.py: no page faults on the
+        embedding gradient and autocast's weight copies each step)."""
+        if self.device.type != "cpu":
+            return contextlib.nullcontext()
+        from runassist import heap
+
+        return heap.keep_freed_blocks()
+
     def no_sync(self, model: torch.nn.Module, skip: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient all-reduce on accumulation micro-steps that do not end in an update."""
         if skip and self.world > 1 and hasattr(model, "no_sync"):
@@ -114,7 +142,7 @@ class Engine:
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
         if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            clip_gradients(model, grad_clip, host=self.device.type == "cpu")
         if self.scaler is not None:
             self.scaler.step(optimizer)
             self.scaler.update()
@@ -128,6 +156,21 @@ class Engine:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float, *, host: bool) -> None:
+    """``clip_grad_norm_``; on the host (CPU) the gradients are scaled only when their norm is over
+    ``max_norm``, since scaling by 1.0 changes nothing and costs a pass over every gradient (8 ms of
+    a MiniLM step on one core). On a GPU, reading the norm would stall the queue: always scale."""
+    if not host:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    norm = torch.nn.utils.get_total_norm(grads)
+    if not float(norm) + 1e-6 <= max_norm:  # clip_grad_norm_'s own test (and NaN scales, as there)
+        torch.nn.utils.clip_grads_with_norm_(model.parameters(), max_norm, norm)
 
 
 def resolve_precision(precision: str, *, device: torch.device, bf16_fast_cpu: bool) -> str:

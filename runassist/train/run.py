@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True, cal
         if hasattr(getattr(model, "config", None), "use_cache"):
             model.config.use_cache = False  # a cache is useless while training and clashes with checkpointing
     model.to(engine.device)
+    step_kernels = engine.fast_cpu_step(model)
     batching, why, pack_settings = packing.choose(
         tc.batching, packs=task.capabilities.packs, model=model, features=train_features,
         collate=lambda fs: task.collate(fs, processor), forward=task.forward,
@@ -181,7 +183,8 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True, cal
                        processor=processor, task=task, state=state, metric=metric,
                        mode=mode, total_steps=schedule.total_steps,
                        merge_lora=lora.merge if lora else True, train_features=train_features,
-                       threads_seen=_threads_seen(facts, tc.threads), batching={"mode": batching, "why": why})
+                       threads_seen=_threads_seen(facts, tc.threads), batching={"mode": batching, "why": why},
+                       step_kernels=step_kernels)
     start = Position()
     pending_eval: float | None = None  # the epoch of an evaluation an interrupt cut short
     if resume is not None and found is None and engine.is_main:
@@ -225,6 +228,8 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True, cal
         cb.on_start(ctx, resumed=resume is not None)
     info = None
     stopped = ctx.stop_reason or "completed"
+    memory = contextlib.ExitStack()  # the heap as training wants it, until the loop ends
+    memory.enter_context(engine.memory_for_training())
     try:
         if pending_eval is not None and splits.dev:  # interrupted while evaluating: finish that evaluation first
             info = StepInfo(position=start, loss=torch.zeros(()), lr=scheduler.get_last_lr()[0], tokens=0,
@@ -271,6 +276,7 @@ def train(cfg: Config, *, resume: Path | None = None, progress: bool = True, cal
         raise
     finally:
         bar.stop()
+        memory.close()
 
     if not splits.dev or ctx.best_state is None:
         # No dev split: the last model is the kept one.
@@ -432,7 +438,7 @@ def _write_summary(ctx: TrainContext, cfg: Config, *, status: str, stopped: str,
         "threads": torch.get_num_threads(),
         "threads_chosen_from": ctx.threads_seen,
         "choices": {"optimizer": cfg.train.optimizer, "fused_optimizer": cfg.train.optimizer == "adamw",
-                    "batching": ctx.batching, "compile": cfg.train.compile,
+                    "batching": ctx.batching, "compile": cfg.train.compile, "step_kernels": ctx.step_kernels,
                     "precision": ctx.engine.precision, "lora": hasattr(ctx.bare, "peft_config")},
         "extras": ctx.state.extras,
     }

@@ -1,0 +1,59 @@
+"""glibc's heap, tuned from Python: what training and batch prediction ask of it.
+
+Training frees and re-allocates the same large blocks every step: the word-embedding gradient
+(MiniLM: 30,522 x 384 floats, 47 MB) and the bf16 copies of the weights autocast makes. glibc
+serves blocks over 32 MB from fresh ``mmap``s and gives freed heap tops back to the system, so
+each step paid for faulting those pages in again: 47 ms a step to zero the embedding gradient,
+a sixth of a MiniLM bf16 step on one core, against ~4 ms on pages already mapped.
+``keep_freed_blocks`` keeps them for the run, then hands them back.
+
+No-ops where libc is not glibc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+from typing import Any, Iterator
+
+# mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_DEFAULT_MMAP_MAX = 65536
+_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+
+
+def _libc() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
+_LIBC = _libc()
+
+
+def trim() -> None:
+    """Hand the memory freed blocks hold back to the system (``malloc_trim``)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def keep_freed_blocks() -> Iterator[None]:
+    """Inside: every block comes from the heap (no ``mmap``) and freed memory stays mapped, so a
+    block freed at one step is reused, without page faults, at the next. On leaving: glibc's
+    defaults again, and what is free is returned."""
+    if _LIBC is None:
+        yield
+        return
+    _LIBC.mallopt(_M_MMAP_MAX, 0)
+    _LIBC.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    try:
+        yield
+    finally:
+        _LIBC.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        trim()
