@@ -17,9 +17,16 @@ from runassist.train.dropout import dropout as fast_dropout
 
 NAME = "runassist_cpu_training"
 
-# Rows up to this long take the hand path; longer ones PyTorch's flash kernel, which wins there
-# (bench/README.md, "Attention kernels").
-LONGEST = 192
+# Rows up to this long take the hand path: with dropout it beat PyTorch's default kernel at every
+# length measured (fwd + bwd, 12 heads of 32, one thread: 52 vs 96 ms fp32 and 43 vs 60 ms bf16 at
+# 2 x 256; 105 vs 146 and 53 vs 122 ms at 1 x 512). Longer rows go to SDPA, whose flash kernel
+# does not hold the L x L scores in memory.
+LONGEST = 512
+
+
+# Attention variants the hand path does not compute (T5's position bias, soft-capping, sliding
+# windows, attention sinks): these go to transformers' SDPA function.
+_NOT_BY_HAND = ("position_bias", "softcap", "sliding_window", "s_aux", "sinks")
 
 
 def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -51,7 +58,9 @@ def _by_hand(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, ma
     return (module.training and dropout > 0.0 and query.device.type == "cpu"
             and query.shape[-2] <= LONGEST and key.shape[-2] <= LONGEST
             and key.shape[1] == query.shape[1]  # no grouped-query heads to repeat
-            and not getattr(module, "is_causal", False) and not kwargs.get("is_causal")
+            # transformers' SDPA path takes a module without ``is_causal`` as causal: only an explicit False
+            and getattr(module, "is_causal", True) is False and not kwargs.get("is_causal")
+            and all(kwargs.get(k) is None for k in _NOT_BY_HAND)
             and (mask is None or mask.dim() == 4))
 
 
