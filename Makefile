@@ -66,7 +66,7 @@ node:
 	  { (apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null) \
 	  || echo "node/npm could not be installed: the Node.js export test will be skipped"; }
 
-test: setup browser postgres speech node ray
+test: setup browser postgres speech node fashion-mnist ray
 	$(BIN)/pytest -q
 
 # The tier without subprocess training, browser or multi-process runs (about 40 s).

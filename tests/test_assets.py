@@ -138,6 +138,10 @@ def test_list_assets():
     assert rows["rotten-tomatoes"]["task"] == "classify"
     for row in rows.values():
         assert {"name", "kind", "what", "size", "licence", "installed", "pip"} <= set(row)
+        if row["name"] == "fashion-mnist" and not Path("/usr/share/datasets/fashion-mnist").is_dir():
+            # a Debian package, installed best effort by `make test` (no root or apt: not installed)
+            assert row["installed"] is False and row["size"] is None
+            continue
         assert row["installed"] and row["size"] > 0
 
 

@@ -21,7 +21,7 @@ def _multi_rows(n: int, seed: int) -> list[dict[str, str]]:
     rows = []
     for _ in range(n):
         labels = sorted(rng.sample(sorted(TOPICS), rng.randint(1, 2)))
-        words = rng.sample(FILLER, 5) + [rng.choice(TOPICS[t]) for t in labels]
+        words = rng.sample(FILLER, 2) + [rng.choice(TOPICS[t]) for t in labels]
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": "|".join(labels)})
     return rows
@@ -45,7 +45,11 @@ def test_multi_label_learns_and_predict_uses_saved_thresholds(tiny_model, tmp_pa
              for s, n, seed in (("train", 120, 0), ("dev", 30, 1), ("test", 30, 2))}
     cfg = load_config(None, ["task=classify", "task.multi_label=true", "data.label_separator=|",
                              *(f"data.{k}={v}" for k, v in files.items()), *_common(tiny_model, tmp_path),
-                             "train.epochs=10", "train.lr=3e-3"])
+                             "train.epochs=40", "train.lr=3e-3", "train.early_stopping=null", "train.dropout=0.0"])
+    # With 5 filler words a row, dropout and 10 early-stopped epochs, this 2-layer random BERT learned
+    # the three topics on few seeds (4 of 26 with torch's dropout kernels, 1 of 26 with runassist's:
+    # it passed at the default seed, 42, by luck). With 2 fillers, no dropout and 40 epochs, seeds
+    # 40-47 scored test micro-F1 0.97-1.0 but one (0.74; seed 42: 1.0): this model is the weak point.
     result = train(cfg, progress=False)
     summary = result.summary
     assert summary["best"]["metric"] == "micro_f1"
@@ -57,7 +61,7 @@ def test_multi_label_learns_and_predict_uses_saved_thresholds(tiny_model, tmp_pa
 
     predictor = Predictor.from_run(result.run)
     assert predictor.state.extras["thresholds"] == thresholds
-    [both, one] = predictor.predict(["the apple of paris", "a john to the"])
+    [both, one] = predictor.predict(["the apple of paris", "a john to"])  # 2 fillers, as in training
     assert set(both["labels"]) == {"tech", "travel"}
     assert one["labels"] == ["people"]
     # moving the saved thresholds changes what predict returns: they are really used
