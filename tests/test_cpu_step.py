@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ctypes.util
 import resource
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -128,19 +130,33 @@ def test_clipping_on_the_host_equals_clip_grad_norm(scale):
     assert (float(norm) < 1.0) if scale == 0.01 else float(norm) == pytest.approx(1.0, rel=1e-5)
 
 
+_FAULTS = """
+import resource, torch
+from runassist import heap
+
+def step():  # a gradient-sized block, then small tensors, as a training step allocates them
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = torch.zeros(16 * 2**20).add_(1)  # 64 MB: above glibc's largest mmap threshold
+    small = [torch.randn(50) for _ in range(20)]
+    del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+outside = [step() for _ in range(8)]
+with heap.keep_freed_blocks():
+    step()  # the first maps the block
+    inside = [step() for _ in range(8)]
+print(*outside, *inside)
+"""
+
+
 @pytest.mark.skipif(not ctypes.util.find_library("c") or heap._LIBC is None, reason="not glibc: no mallopt")
 def test_inside_keep_freed_blocks_a_freed_block_is_reused_without_page_faults():
-    def faults_of_two_allocations() -> int:
-        heap.trim()  # what earlier tests left free is handed back too, so nothing is mapped by chance
-        torch.zeros(16 * 2**20).add_(1)  # 64 MB: above glibc's largest mmap threshold
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        torch.zeros(16 * 2**20).add_(1)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    outside = faults_of_two_allocations()
-    with heap.keep_freed_blocks():
-        inside = faults_of_two_allocations()
-    again = faults_of_two_allocations()
+    """In a fresh process: this one's heap holds whatever earlier tests left free. glibc does not
+    promise to reuse the very block every time (one step in ~10 faulted again in trials), so the
+    test asks for most steps."""
+    done = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, timeout=120, check=True)
+    faults = list(map(int, done.stdout.split()))
+    outside, inside = faults[:8], faults[8:]
     pages = 64 * 2**20 // resource.getpagesize()
-    assert outside > pages // 2 and again > pages // 2, (outside, again)  # mapped afresh each time
-    assert inside < pages // 20, inside  # the freed block, still mapped
+    assert all(n > pages // 2 for n in outside), outside  # a fresh mmap each time: every page faults
+    assert sum(n < pages // 20 for n in inside) >= 6, inside  # the freed block, still mapped
