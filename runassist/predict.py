@@ -14,14 +14,13 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
-from runassist import runs
+from runassist import heap, runs
 from runassist.atomic import atomic_write, is_special, read_json
 from runassist.errors import DataError, RunassistError
 from runassist.inference import predict_examples
 from runassist.predict_input import DEFAULT_CHUNK_SIZE, input_kind, input_size, read_chunks
 from runassist.predict_output import DeviceOutput, ResumableOutput, StdoutOutput, chunk_text, empty_text, output_format
 from runassist.predict_progress import Progress
-from runassist.predict_workers import trim_memory
 from runassist.tasks import make_task
 from runassist.tasks.base import TaskState
 
@@ -239,7 +238,7 @@ def _predict_here(predictor: Predictor, chunks: Iterable[Any], fmt: str) -> Iter
         items = len(chunk.examples)
         text = chunk_text(predictor.task, fmt, chunk, predictor.predict_examples(chunk.examples))
         chunk.examples, chunk.rows = [], None  # freed before the next chunk is read, not after
-        trim_memory()
+        heap.trim()  # what the chunk freed goes back (heap.trim: why after each chunk)
         yield chunk, text, items
 
 

@@ -40,18 +40,8 @@ def _run(chunk: Any, fmt: str) -> tuple[str, int]:
     predictions = _PREDICTOR.predict_examples(chunk.examples)
     text = chunk_text(_PREDICTOR.task, fmt, chunk, predictions)
     del predictions
-    trim_memory()
+    heap.trim()  # what the chunk freed goes back (heap.trim: why after each chunk)
     return text, len(chunk.examples)
-
-
-def trim_memory() -> None:
-    """Hand the memory a finished chunk freed back to the system. glibc keeps freed blocks in its
-    heaps, and chunks of varying sizes fragment them: RSS crept up ~1 MB a chunk of 500 lines
-    (+30 MB from 10k to 100k lines) although nothing was kept. malloc_trim costs 10-20 ms a chunk
-    of 1,000 lines (a chunk takes seconds); gc.collect() would cost ~600 ms (torch's and transformers'
-    heap of objects) and is not needed: a chunk's examples and outputs hold no reference cycles.
-    No-op where libc is not glibc."""
-    heap.trim()
 
 
 def predict_in_processes(load: Callable[..., Any], chunks: Iterable[Any], fmt: str, *, workers: int,
